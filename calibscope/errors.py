@@ -1,0 +1,24 @@
+"""Typed errors. Library code raises these; only ``calibscope.cli`` turns them into exit codes.
+
+* :class:`InputError` (and subclasses) — bad input or usage → exit code 2, one-line message.
+* :class:`GateFailed` — a configured threshold was exceeded → exit code 1.
+* any other exception — an internal error → exit code 3.
+"""
+
+from __future__ import annotations
+
+
+class CalibscopeError(Exception):
+    """Base class of every error calibscope raises on purpose."""
+
+
+class InputError(CalibscopeError, ValueError):
+    """The user's input (file, option, data) cannot be used. The message is shown as one line."""
+
+
+class UntrustedFileError(InputError):
+    """Loading the file would execute code from it and ``--trust`` was not given."""
+
+
+class GateFailed(CalibscopeError):
+    """A quality gate (e.g. ``--max-ece``) failed. Exit code 1."""

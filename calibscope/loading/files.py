@@ -1,0 +1,197 @@
+"""Low-level file primitives shared by checkpoint and dataset loading: content sniffing, hashing, and
+reading tensor containers (npz, npy, torch zip with ``weights_only=True``, safetensors) without ever
+executing code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+from calibscope.errors import InputError
+
+Kind = Literal[
+    "safetensors",  # 8-byte little-endian header length + JSON header
+    "torch-export",  # zip written by torch.export.save (.pt2)
+    "torchscript",  # zip written by torch.jit.save (has code/)
+    "torch-zip",  # zip written by torch.save (data.pkl): state_dict, tensors, or a pickled module
+    "torch-legacy",  # pre-1.6 torch.save / a raw pickle stream
+    "npz",
+    "npy",
+    "gzip",
+    "idx",  # MNIST IDX (uncompressed)
+    "text",  # CSV / plain text
+    "directory",
+    "unknown",
+]
+
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def display(path: Path | str) -> str:
+    """How a path is shown in messages."""
+    return f"'{path}'"
+
+
+def require_exists(path: Path | str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{display(p)} does not exist")
+    return p
+
+
+def sniff(path: Path | str) -> Kind:
+    """Tell what a file is by its content (the extension is only a hint for text files)."""
+    p = require_exists(path)
+    if p.is_dir():
+        return "directory"
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(f"cannot read {display(p)}: {exc.strerror or exc}") from None
+    if len(head) == 0:
+        raise InputError(f"{display(p)} is empty (0 bytes)")
+    if head.startswith(b"PK"):
+        return _sniff_zip(p)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":  # pickle protocol ≥ 2, or torch legacy magic
+        return "torch-legacy"
+    if len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E):
+        return "idx"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= _MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
+            return "safetensors"
+    if _looks_like_text(p):
+        return "text"
+    return "unknown"
+
+
+def _looks_like_text(p: Path) -> bool:
+    with p.open("rb") as fh:
+        chunk = fh.read(4096)
+    if b"\x00" in chunk:
+        return False
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(chunk) - 4  # a multi-byte character cut at the chunk's end
+    return True
+
+
+def _sniff_zip(p: Path) -> Kind:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{display(p)} is a corrupt or truncated zip archive ({exc})") from None
+    if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+        return "npz"
+    if any(n.endswith("models/model.json") or n.endswith("archive_format") or "/serialized_exported_program" in n
+           for n in names):
+        return "torch-export"
+    if any("/code/" in n or n.startswith("code/") for n in names) and any(n.endswith("constants.pkl") or
+                                                                         n.endswith("data.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch-zip"
+    return "unknown"
+
+
+def file_sha256(path: Path | str, *, chunk: int = 1 << 20) -> str:
+    """SHA-256 of the file's bytes (or of a directory's sorted file names and bytes)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for q in files:
+        if p.is_dir():
+            h.update(str(q.relative_to(p)).encode())
+        with q.open("rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_safetensors(path: Path | str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors (as torch tensors) and the string metadata of a safetensors file.
+
+    Truncated or corrupt files raise :class:`InputError` with one line that says so.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    size = p.stat().st_size
+    try:
+        with p.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise InputError(f"{display(p)} is a truncated safetensors file: the header describes "
+                             f"{8 + n + end} bytes but the file has {size}")
+        tensors: dict[str, Any] = {}
+        with safe_open(str(p), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except InputError:
+        raise
+    except (SafetensorError, ValueError, KeyError, TypeError, struct.error, OSError) as exc:
+        raise InputError(f"{display(p)} is not a readable safetensors file ({_one_line(exc)})") from None
+    return tensors, metadata
+
+
+def read_numpy(path: Path | str) -> dict[str, Any]:
+    """Arrays of an ``.npz`` (by name) or ``.npy`` (under the name ``""``), with ``allow_pickle=False``."""
+    import numpy as np
+
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as data:  # type: ignore[attr-defined]
+            return {k: data[k] for k in data.files}
+    except AttributeError:  # a plain .npy gives an ndarray, not an NpzFile
+        try:
+            return {"": np.load(p, allow_pickle=False)}
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{display(p)} is not a readable .npy file ({_one_line(exc)})") from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise InputError(f"{display(p)} holds pickled Python objects, which calibscope never loads; "
+                             "save plain numeric arrays") from None
+        raise InputError(f"{display(p)} is not a readable numpy file ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile/format errors of many kinds
+        raise InputError(f"{display(p)} is not a readable numpy file ({_one_line(exc)})") from None
+
+
+def read_torch_weights_only(path: Path | str) -> Any:
+    """``torch.load(weights_only=True)``: tensors, dicts, lists, numbers — never code.
+
+    Raises :class:`InputError` for corrupt files; lets ``pickle.UnpicklingError`` through so callers can
+    tell "this file contains code (e.g. a pickled nn.Module)" apart and name ``--trust``.
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise pickle.UnpicklingError(str(exc)) from None
+        raise InputError(f"{display(p)} is not a readable torch file ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
