@@ -1,0 +1,303 @@
+"""The batched inference engine: the only place that moves batches to a device and calls the model.
+
+One pass over the data in large batches: uint8 images travel as uint8 (4× less host→device traffic) and
+become float in [0, 1] (÷255) and then ``(x − mean) / std`` on the device; host batches are pinned and
+copied with ``non_blocking`` on a side CUDA stream by a background thread, so the GPU does not wait; on a
+CUDA out-of-memory error the batch is halved and the pass goes on (said once). fp32 by default — calibration
+numbers must not move with the hardware — and ``bf16``/``fp16`` only by autocast when asked for.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from calibscope.errors import InputError
+from calibscope.inference.device import autocast_dtype, resolve_device
+from calibscope.inference.features import attach_feature_tap
+from calibscope.inference.outputs import Outputs
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Everything that changes the numbers (and so the cache key) or how they are computed."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    capture_features: bool = False
+    layer: str | None = None
+
+
+def _validate_options(options: InferenceOptions) -> None:
+    if not isinstance(options.batch_size, int) or options.batch_size < 1:
+        raise InputError(f"Expected argument `batch_size` to be an integer larger than 0, but got "
+                         f"{options.batch_size}")
+    autocast_dtype(options.precision)
+    if (options.mean is None) != (options.std is None):
+        raise InputError("--mean and --std go together: give both or neither")
+    if options.std is not None and any(s <= 0 for s in options.std):
+        raise InputError(f"every --std value must be positive, got {list(options.std)}")
+    if options.mean is not None and len(options.mean) != len(options.std or ()):
+        raise InputError(f"--mean has {len(options.mean)} values but --std has {len(options.std or ())}")
+
+
+def _normaliser(inputs: torch.Tensor, mean, std, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 → float32 ÷ 255, then per-channel (images: dim 1) or per-feature standardisation."""
+    shape: Sequence[int] | None = None
+    if mean is not None:
+        n = len(mean)
+        if inputs.ndim == 4:
+            if n not in (1, inputs.shape[1]):
+                raise InputError(f"--mean/--std have {n} values but the images have {inputs.shape[1]} channels")
+            shape = (1, n, 1, 1)
+        else:
+            width = inputs[0].numel()
+            if n not in (1, width):
+                raise InputError(f"--mean/--std have {n} values but the inputs have {width} features")
+            shape = (1, n) if inputs.ndim == 2 else (1,) + (n,) + (1,) * (inputs.ndim - 2)
+        m = torch.tensor(mean, dtype=torch.float32, device=device).reshape(shape)
+        s = torch.tensor(std, dtype=torch.float32, device=device).reshape(shape)
+    is_uint8 = inputs.dtype == torch.uint8
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        if is_uint8:  # .float() made a fresh tensor: in-place is safe
+            x = x.float().div_(255.0)
+            return x.sub_(m).div_(s) if shape is not None else x
+        x = x.float()  # may alias the caller's data: never modify in place
+        return (x - m) / s if shape is not None else x
+
+    return convert
+
+
+class _Batches:
+    """Yields device batches ``(start, x)``; on CUDA a background thread pins and copies ahead."""
+
+    def __init__(self, inputs: torch.Tensor, device: torch.device, channels_last: bool):
+        self.inputs = inputs
+        self.device = device
+        self.channels_last = channels_last
+
+    def _host(self, start: int, stop: int) -> torch.Tensor:
+        return self.inputs[start:stop]
+
+    def iterate(self, batch_size: Callable[[], int], start: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
+        n = self.inputs.shape[0]
+        if self.device.type != "cuda":
+            while start < n:
+                stop = min(n, start + batch_size())
+                yield start, stop, self._host(start, stop).to(self.device)
+                start = stop
+            return
+        yield from self._iterate_cuda(batch_size, start)
+
+    def _iterate_cuda(self, batch_size, start):
+        n = self.inputs.shape[0]
+        copy_stream = torch.cuda.Stream(self.device)
+        q: queue.Queue = queue.Queue(maxsize=3)
+        stop_flag = threading.Event()
+        planned = {"bs": batch_size()}
+
+        def producer():
+            s = start
+            try:
+                while s < n and not stop_flag.is_set():
+                    e = min(n, s + planned["bs"])
+                    host = self._host(s, e).pin_memory()
+                    with torch.cuda.stream(copy_stream):
+                        dev = host.to(self.device, non_blocking=True)
+                        if self.channels_last and dev.ndim == 4:
+                            dev = dev.contiguous(memory_format=torch.channels_last)
+                        event = torch.cuda.Event()
+                        event.record(copy_stream)
+                    q.put((s, e, dev, event))
+                    s = e
+            except BaseException as exc:  # pragma: no cover - surfaced in the consumer
+                q.put(exc)
+                return
+            q.put(None)
+
+        thread = threading.Thread(target=producer, daemon=True, name="calibscope-loader")
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                s, e, dev, event = item
+                torch.cuda.current_stream(self.device).wait_event(event)
+                dev.record_stream(torch.cuda.current_stream(self.device))
+                planned["bs"] = batch_size()
+                yield s, e, dev
+        finally:
+            stop_flag.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export programs: mode is fixed at export time
+        pass
+    model = model.to(device)
+    if channels_last:
+        try:
+            model = model.to(memory_format=torch.channels_last)
+        except (RuntimeError, TypeError):  # pragma: no cover - some modules refuse; fine either way
+            pass
+    return model
+
+
+def run_inference(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    options: InferenceOptions | None = None,
+    progress: bool | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> Outputs:
+    """Run ``model`` over ``inputs`` once, in batches, and return logits (float32, CPU) and labels.
+
+    ``progress=None`` shows a bar on stderr only when stderr is a terminal. ``on_notice`` receives one-line
+    notices (e.g. the batch size was halved after a CUDA OOM); by default they go to stderr.
+    """
+    options = options or InferenceOptions()
+    _validate_options(options)
+    if inputs.shape[0] == 0:
+        raise InputError("the dataset is empty: nothing to run the model on")
+    device = resolve_device(options.device)
+    amp_dtype = autocast_dtype(options.precision)
+    channels_last = device.type == "cuda" and inputs.ndim == 4
+    notify = on_notice or (lambda msg: print(f"calibscope: {msg}", file=sys.stderr))
+    model = _prepare_model(model, device, channels_last)
+    convert = _normaliser(inputs, options.mean, options.std, device)
+    n = inputs.shape[0]
+    tap = None
+    state = {"bs": options.batch_size, "halved": False}
+    logits_parts: list[torch.Tensor] = []
+    feature_parts: list[torch.Tensor] = []
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _ProgressBar(n, enabled=show)
+    t0 = time.perf_counter()
+    start = 0
+    batches = _Batches(inputs, device, channels_last)
+    try:
+        with torch.inference_mode():
+            while start < n:
+                try:
+                    for s, e, x in batches.iterate(lambda: state["bs"], start):
+                        x = convert(x)
+                        if amp_dtype is not None:
+                            with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                                out = model(x)
+                        else:
+                            out = model(x)
+                        out = _as_logits(out, e - s)
+                        if options.capture_features and tap is None:
+                            tap = attach_feature_tap(model, out.shape[1], layer=options.layer)
+                            model = tap.model
+                            out = _as_logits(model(x), e - s)  # first batch again, now recorded
+                        if tap is not None:
+                            feature_parts.append(tap.take().float())
+                        logits_parts.append(out.float())
+                        start = e
+                        bar.advance(e - s)
+                except Exception as exc:  # noqa: BLE001
+                    if not (device.type == "cuda" and _is_oom(exc)) or state["bs"] == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    state["bs"] = max(1, state["bs"] // 2)
+                    if not state["halved"]:
+                        notify(f"CUDA ran out of memory; halving the batch size (now {state['bs']}) and going on")
+                        state["halved"] = True
+    finally:
+        bar.close()
+        if tap is not None:
+            tap.remove()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    logits = torch.cat(logits_parts).cpu()
+    features = torch.cat(feature_parts).cpu() if feature_parts else None
+    meta = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "precision": options.precision,
+        "batch_size": state["bs"],
+        "batch_size_requested": options.batch_size,
+        "mean": list(options.mean) if options.mean is not None else None,
+        "std": list(options.std) if options.std is not None else None,
+        "seconds": seconds,
+        "examples_per_second": n / seconds if seconds > 0 else None,
+        "torch_version": torch.__version__,
+    }
+    if tap is not None:
+        meta["feature_layer"] = tap.layer_name
+    return Outputs(
+        logits=logits.contiguous(),
+        labels=None if labels is None else labels.to(torch.int64).cpu(),
+        features=features,
+        weight=None if tap is None else tap.weight.float().cpu().clone(),
+        bias=None if tap is None or tap.bias is None else tap.bias.float().cpu().clone(),
+        meta=meta,
+    )
+
+
+def _as_logits(out, batch: int) -> torch.Tensor:
+    """Accept a tensor, or a tuple/list/dict whose first tensor / ``logits`` entry is ``[batch, K]``."""
+    if isinstance(out, dict):
+        out = out.get("logits", next(iter(out.values()), None))
+    if isinstance(out, (tuple, list)):
+        out = out[0] if out else None
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returned {type(out).__name__}, not a tensor of logits")
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise InputError(f"the model returned shape {tuple(out.shape)} for a batch of {batch}; expected "
+                         f"[{batch}, num_classes] logits (is the input shape or normalisation right?)")
+    return out
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr (only when enabled)."""
+
+    def __init__(self, total: int, *, enabled: bool):
+        self._progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("inference"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("inference", total=total)
+
+    def advance(self, k: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, k)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
