@@ -1,0 +1,52 @@
+"""The ``calibscope`` command line: one module per command, thin over the library.
+
+Exit codes: 0 success · 1 a gate failed (e.g. ``--max-ece``) · 2 bad input or usage (one line on stderr,
+``--debug`` for the traceback) · 3 internal error.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="calibscope",
+    help=(
+        "How trustworthy is a trained classifier? Loads any checkpoint (.pt2, TorchScript, state_dict + "
+        "--arch, safetensors, logits files) and a dataset, runs the model once in big batches, and measures "
+        "calibration (ECE with 15 bins, NLL, Brier, reliability diagrams).\n\n"
+        "Exit codes: 0 ok, 1 a gate failed (--max-ece), 2 bad input or usage, 3 internal error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    from calibscope.cli import _common
+
+    if version:
+        from calibscope import __version__
+
+        typer.echo(f"calibscope {__version__}")
+        raise typer.Exit(0)
+    _common.STATE["debug"] = debug or _common.STATE["debug"]
+
+
+def _register() -> None:
+    from calibscope.cli import ece
+
+    app.command(name="ece", no_args_is_help=True)(ece.ece)
+
+
+_register()
+
+
+def main() -> None:  # console-script entry point
+    app()

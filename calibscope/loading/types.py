@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,7 +46,7 @@ class LogitsCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-Checkpoint = Union[ModelCheckpoint, LogitsCheckpoint]
+Checkpoint = ModelCheckpoint | LogitsCheckpoint
 
 
 @dataclass(frozen=True)
