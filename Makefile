@@ -1,0 +1,41 @@
+# One command each, from a fresh clone with only Python 3.11:
+#   make demo   — set up .venv (CPU torch 2.13.0) and run calibscope on the shipped sample checkpoints
+#   make test   — set up .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.calibscope-installed
+SAMPLES := sample_checkpoints
+
+.PHONY: setup demo test lint bench samples clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/calibscope ece $(SAMPLES)/digits_hard.pt2 $(SAMPLES)/digits_ls.pt2 $(SAMPLES)/digits_sam.pt2 \
+		--data $(SAMPLES)/digits_test.npz --out demo-out
+	@echo "Reliability diagrams and ece.json are in demo-out/"
+
+# pytest exits 5 when it collects no test: that is a failure here.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check calibscope tests scripts benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/inference.py
+
+samples: $(STAMP)
+	$(BIN)/python scripts/make_sample_checkpoints.py
+
+clean:
+	rm -rf $(VENV) .calibscope demo-out .pytest_cache
