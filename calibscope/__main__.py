@@ -1,0 +1,3 @@
+from calibscope.cli import main
+
+main()
