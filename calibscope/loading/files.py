@@ -56,6 +56,10 @@ def sniff(path: Path | str) -> Kind:
         raise InputError(f"cannot read {display(p)}: {exc.strerror or exc}") from None
     if len(head) == 0:
         raise InputError(f"{display(p)} is empty (0 bytes)")
+    if len(head) >= 9:  # first: a header length like 0x280 starts with the pickle opcode b"\x80"
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= _MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
+            return "safetensors"
     if head.startswith(b"PK"):
         return _sniff_zip(p)
     if head.startswith(b"\x93NUMPY"):
@@ -66,10 +70,6 @@ def sniff(path: Path | str) -> Kind:
         return "torch-legacy"
     if len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E):
         return "idx"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= _MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
-            return "safetensors"
     if _looks_like_text(p):
         return "text"
     return "unknown"
@@ -157,7 +157,7 @@ def read_numpy(path: Path | str) -> dict[str, Any]:
     try:
         with np.load(p, allow_pickle=False) as data:  # type: ignore[attr-defined]
             return {k: data[k] for k in data.files}
-    except AttributeError:  # a plain .npy gives an ndarray, not an NpzFile
+    except (AttributeError, TypeError):  # a plain .npy gives an ndarray, not an NpzFile
         try:
             return {"": np.load(p, allow_pickle=False)}
         except Exception as exc:  # noqa: BLE001
