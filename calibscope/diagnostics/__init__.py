@@ -1,0 +1,36 @@
+"""Diagnostics: pure functions of tensors that return frozen dataclasses (one module per diagnostic).
+
+``from calibscope.diagnostics import expected_calibration_error`` works; the defining module (and torch) is
+imported on first access, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+# public name → module that defines it (imported on first access)
+_LAZY = {
+    "CalibrationReport": "calibscope.diagnostics.calibration",
+    "CalibrationStats": "calibscope.diagnostics.calibration",
+    "ConfidenceBins": "calibscope.diagnostics.calibration",
+    "ReliabilityBins": "calibscope.diagnostics.calibration",
+    "calibration_definition": "calibscope.diagnostics.calibration",
+    "calibration_report": "calibscope.diagnostics.calibration",
+    "calibration_stats": "calibscope.diagnostics.calibration",
+    "confidence_bins": "calibscope.diagnostics.calibration",
+    "expected_calibration_error": "calibscope.diagnostics.calibration",
+    "summarize": "calibscope.diagnostics.calibration",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'calibscope.diagnostics' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,65 @@
+"""Atomic file output: write to a temporary file in the target's directory, then rename it onto the target.
+
+A reader never sees a half-written file and an interrupted or failing write leaves the target untouched
+(``os.replace`` is atomic on POSIX and Windows when both paths are on the same file system, which a temp
+file in the same directory guarantees). The parent directory must exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``, on error delete it.
+
+    Example::
+
+        with atomic_output(out / "reliability.png") as tmp:
+            fig.savefig(tmp, format="png")   # pass the format: the temp name ends in ".tmp"
+    """
+    target = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        # mkstemp creates mode 0600; give the result the mode an ordinary open() would have
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path`` as a :class:`~pathlib.Path`."""
+    target = Path(path)
+    with atomic_output(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8, newlines as given); returns ``path``."""
+    return atomic_write_bytes(path, text.encode(encoding))
