@@ -63,23 +63,21 @@ def ece(
         inputs = ModelInputs(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                              arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
                              batch_size=batch_size, mean=mean, std=std, no_cache=no_cache, defaults=defaults)
-        names = display_names(checkpoints)
-        results = []
-        for name, path in zip(names, checkpoints, strict=True):
-            outputs, checkpoint = inputs.outputs(path)
-            report = calibration_report(outputs.logits, outputs.labels, n_bins=n_bins)
-            results.append((name, path, report, outputs.meta, checkpoint))
-
         from calibscope.render import ece_view
 
+        results = []
+        for name, path in zip(display_names(checkpoints), checkpoints, strict=True):
+            outputs, checkpoint = inputs.outputs(path)
+            report = calibration_report(outputs.logits, outputs.labels, n_bins=n_bins)
+            results.append(ece_view.EceResult(name, path, checkpoint.format, report, outputs.meta))
+
         doc = ece_view.document(results, gate=gate)
-        if out is not None:
-            ece_view.write_outputs(out, results, doc)
+        written = ece_view.write_outputs(out, results, doc) if out is not None else None
         if json_:
             ece_view.print_json(doc)
         else:
-            ece_view.print_tables(results, out=out)
-        failing = [(name, r.ece) for name, _, r, _, _ in results if gate is not None and r.ece > gate]
+            ece_view.print_tables(results, written=written)
+        failing = [r for r in results if gate is not None and r.report.ece > gate]
         if failing:
-            detail = ", ".join(f"{name} ECE {value:.4f}" for name, value in failing)
+            detail = ", ".join(f"{r.name} ECE {r.report.ece:.4f}" for r in failing)
             raise GateFailed(f"{detail} > --max-ece {gate}")
