@@ -46,6 +46,14 @@ def echo_err(message: str) -> None:
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """Map calibscope's typed errors to exit codes: InputError → 2, GateFailed → 1, anything else → 3."""
+    import warnings
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        echo_err(f"warning: {_one_line(message)}")
+
+    previous = warnings.showwarning
+    if not STATE["debug"]:
+        warnings.showwarning = one_line_warning
     try:
         yield
     except typer.Exit:
@@ -66,6 +74,8 @@ def cli_errors() -> Iterator[None]:
             raise
         echo_err(f"internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)")
         raise typer.Exit(3) from None
+    finally:
+        warnings.showwarning = previous
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -183,7 +184,9 @@ def read_torch_weights_only(path: Path | str) -> Any:
 
     p = Path(path)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise
     except Exception as exc:  # noqa: BLE001
