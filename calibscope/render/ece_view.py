@@ -93,7 +93,8 @@ def print_tables(results: list[EceResult], *, written: list[Path] | None = None)
     console = Console()
     if len(results) == 1:
         r = results[0]
-        console.print(calibration_table(r.report, title=f"{r.name}  ({_provenance(r)})"))
+        console.print(calibration_table(r.report, title=r.name))
+        console.print(f"  [dim]{_provenance(r)}[/dim]")
         console.print(bins_table(r.report))
     else:
         console.print(comparison_table({r.name: r.report for r in results},
