@@ -14,6 +14,10 @@ _LAZY = {
     "load_dataset": "calibscope.loading.dataset",
     "run_inference": "calibscope.inference.engine",
     "Outputs": "calibscope.inference.outputs",
+    "compute_outputs": "calibscope.inference.pipeline",
+    "calibration_stats": "calibscope.diagnostics.calibration",
+    "calibration_report": "calibscope.diagnostics.calibration",
+    "expected_calibration_error": "calibscope.diagnostics.calibration",
 }
 
 
