@@ -44,9 +44,10 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import ece
+    from calibscope.cli import ece, project
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
+    app.command(name="project", no_args_is_help=True)(project.project)
 
 
 _register()

@@ -19,7 +19,7 @@ STATE: dict[str, Any] = {"debug": bool(os.environ.get("CALIBSCOPE_DEBUG"))}
 # Help texts shared by every command that runs a model.
 HELP = {
     "data": "Dataset: .npz/.pt/.safetensors (x/y or images/labels), image folder, CIFAR batches, MNIST IDX, "
-            "CSV. Optional for logits files that carry labels, or when pyproject.toml [tool.calibscope] / "
+            "CSV. Optional for logits files that carry labels, or when pyproject.toml \\[tool.calibscope] / "
             "calibscope.toml names one.",
     "arch": "Architecture for a state_dict/safetensors file: package.module:callable, path/to/file.py:Callable, "
             "torchvision:NAME or timm:NAME.",

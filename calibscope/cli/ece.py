@@ -14,7 +14,7 @@ def ece(
         ..., help="One or more checkpoints (.pt2, TorchScript, state_dict, safetensors, logits file), "
                   "compared side by side.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
-    bins: int | None = typer.Option(None, "--bins", help="Number of equal-width confidence bins [default: 15, "
+    bins: int | None = typer.Option(None, "--bins", help="Number of equal-width confidence bins \\[default: 15, "
                                     "as in Guo et al. 2017 and Müller et al. 2019].", show_default=False),
     max_ece: float | None = typer.Option(None, "--max-ece", help="Gate: exit 1 if any checkpoint's ECE is "
                                          "above this (e.g. 0.05).", show_default=False),
@@ -24,11 +24,11 @@ def ece(
     arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
     arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
     trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
+    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " \\[default: auto]",
                                       show_default=False),
     precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
-                                          " [default: 1024]", show_default=False),
+                                          " \\[default: 1024]", show_default=False),
     limit: int | None = typer.Option(None, "--limit", help=HELP["limit"], show_default=False),
     mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
     std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
