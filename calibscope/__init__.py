@@ -18,6 +18,8 @@ _LAZY = {
     "calibration_stats": "calibscope.diagnostics.calibration",
     "calibration_report": "calibscope.diagnostics.calibration",
     "expected_calibration_error": "calibscope.diagnostics.calibration",
+    "plane_projection": "calibscope.diagnostics.projection",
+    "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
 }
 
 

@@ -44,10 +44,11 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import ece, project
+    from calibscope.cli import ece, mi, project
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
+    app.command(name="mi", no_args_is_help=True)(mi.mi)
 
 
 _register()

@@ -18,6 +18,11 @@ _LAZY = {
     "confidence_bins": "calibscope.diagnostics.calibration",
     "expected_calibration_error": "calibscope.diagnostics.calibration",
     "summarize": "calibscope.diagnostics.calibration",
+    "PlaneProjection": "calibscope.diagnostics.projection",
+    "plane_projection": "calibscope.diagnostics.projection",
+    "most_confused_classes": "calibscope.diagnostics.projection",
+    "LogitGapMutualInformation": "calibscope.diagnostics.mutual_information",
+    "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
 }
 
 __all__ = sorted(_LAZY)

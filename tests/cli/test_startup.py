@@ -10,7 +10,7 @@ import pytest
 HEAVY = ("torch", "matplotlib", "scipy", "numpy", "safetensors")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ece", "--help"], ["project", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], ["ece", "--help"], ["project", "--help"], ["mi", "--help"], ["--version"]])
 def test_help_imports_no_heavy_module(argv):
     code = (
         "import sys\n"
