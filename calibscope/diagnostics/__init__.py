@@ -23,6 +23,16 @@ _LAZY = {
     "most_confused_classes": "calibscope.diagnostics.projection",
     "LogitGapMutualInformation": "calibscope.diagnostics.mutual_information",
     "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
+    "max_softmax_score": "calibscope.diagnostics.ood",
+    "max_logit_score": "calibscope.diagnostics.ood",
+    "energy_score": "calibscope.diagnostics.ood",
+    "fit_class_gaussians": "calibscope.diagnostics.ood",
+    "mahalanobis_score": "calibscope.diagnostics.ood",
+    "detection_metrics": "calibscope.diagnostics.ood",
+    "ood_report": "calibscope.diagnostics.ood",
+    "risk_coverage": "calibscope.diagnostics.selective",
+    "selective_report": "calibscope.diagnostics.selective",
+    "area_under_risk_coverage": "calibscope.diagnostics.selective",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,7 +10,13 @@ import pytest
 HEAVY = ("torch", "matplotlib", "scipy", "numpy", "safetensors")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ece", "--help"], ["project", "--help"], ["mi", "--help"], ["--version"]])
+def _commands() -> list[str]:
+    from calibscope.cli import app
+
+    return [c.name for c in app.registered_commands]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"]] + [[name, "--help"] for name in _commands()])
 def test_help_imports_no_heavy_module(argv):
     code = (
         "import sys\n"

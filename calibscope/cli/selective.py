@@ -1,0 +1,113 @@
+"""``calibscope selective``: risk–coverage, AURC and E-AURC (Geifman et al. 2019) when the model may abstain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli.ood import HELP_LAYER, HELP_SCORES, HELP_SHRINKAGE, HELP_TEMPERATURE, HELP_TRAIN
+
+
+def selective(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
+                                      "logits file.", show_default=False),
+    data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
+    score: str = typer.Option("msp", "--score", "-s", help=HELP_SCORES + "; several are drawn side by side."),
+    coverage: str = typer.Option("0.8,0.9,0.95", "--coverage", help="Coverages at which to report the "
+                                 "accuracy of the kept examples (comma-separated, in (0, 1])."),
+    target_risk: float | None = typer.Option(None, "--target-risk", help="Report the largest coverage whose "
+                                             "error rate is at most this (e.g. 0.01) and its threshold.",
+                                             show_default=False),
+    temperature: str = typer.Option("1", "--temperature", "-T", help=HELP_TEMPERATURE, show_default=False),
+    train: Path | None = typer.Option(None, "--train", help=HELP_TRAIN, show_default=False),
+    shrinkage: str = typer.Option("ledoit-wolf", "--shrinkage", help=HELP_SHRINKAGE),
+    layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
+    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
+                                    "risk_coverage.png/.svg; numbers: selective.json.", show_default=False),
+    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
+    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
+    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
+                                      show_default=False),
+    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
+                                          " [default: 1024]", show_default=False),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of each dataset.",
+                                     show_default=False),
+    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
+    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
+    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
+    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
+                                            show_default=False),
+    no_cache: bool = typer.Option(False, "--no-cache", help=HELP["no_cache"]),
+) -> None:
+    """Selective classification: error among the kept examples as the least confident are dropped.
+
+    Sorts the examples by confidence, keeps the top k and plots the error rate among them (the risk) against
+    the coverage k/n. AURC is the mean risk over all coverages; E-AURC subtracts the AURC of the best
+    possible ranking (Geifman et al. 2019), so it measures the ranking alone. Also: accuracy at fixed
+    coverages and the coverage reachable at a target risk, with its threshold.
+
+    Examples:
+
+      calibscope selective model.pt2 --data test.npz --target-risk 0.01
+
+      calibscope selective model.pt2 --data test.npz --score msp,energy,mahalanobis --train train.npz --out figs/
+
+      calibscope selective test_logits.npz --coverage 0.5,0.9 --json
+    """
+    with cli_errors():
+        from calibscope.cli._common import ModelInputs, display_names, parse_floats, project_defaults
+        from calibscope.cli.ood import (
+            fit_train_gaussians,
+            parse_shrinkage,
+            parse_temperature,
+            resolve_temperature,
+            wants_features,
+        )
+        from calibscope.diagnostics.ood import parse_scores
+        from calibscope.diagnostics.selective import selective_report
+        from calibscope.errors import InputError
+        from calibscope.loading.types import LogitsCheckpoint
+        from calibscope.render import selective_view
+
+        names = parse_scores(score)
+        coverages = parse_floats(coverage, "coverage")
+        features = wants_features(names, train)
+        shrink = parse_shrinkage(shrinkage)
+        temperature_value = parse_temperature(temperature)
+        inputs = ModelInputs(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
+                             arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                             batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
+                             defaults=project_defaults(), capture_features=features, layer=layer)
+        outputs, ckpt = inputs.outputs(checkpoint)
+        if outputs.labels is None:
+            raise InputError(f"'{inputs.data_path or checkpoint}' holds no labels; selective risk needs them")
+        t, temperature_fit = resolve_temperature(temperature_value, outputs)
+        gaussians, train_meta = None, None
+        if features:
+            gaussians, train_meta = fit_train_gaussians(train, checkpoint=ckpt, inputs=inputs, shrinkage=shrink)
+        reports = tuple(
+            selective_report(outputs.logits, outputs.labels, score=name, temperature=t,
+                             features=outputs.features, gaussians=gaussians, coverages=coverages,
+                             target_risk=target_risk)
+            for name in names
+        )
+        test_path = inputs.data_path if inputs.data_path is not None else (
+            checkpoint if isinstance(ckpt, LogitsCheckpoint) else None)
+        result = selective_view.SelectiveResult(
+            name=display_names([checkpoint])[0], path=checkpoint, format=ckpt.format,
+            data={"test": None if test_path is None else str(test_path), "train": str(train) if features else None},
+            reports=reports,
+            inference={"test": outputs.meta, **({"train": train_meta} if features else {})},
+            temperature_fit=temperature_fit,
+        )
+        doc = selective_view.document(result)
+        written = selective_view.write_outputs(out, result, doc) if out is not None else None
+        if json_:
+            selective_view.print_json(doc)
+        else:
+            selective_view.print_tables(result, written=written)
