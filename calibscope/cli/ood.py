@@ -110,11 +110,10 @@ def _same_input_shape(first: Dataset | None, second: Dataset, option: str) -> No
 def ood_outputs(path: Path, *, checkpoint: Checkpoint, inputs: ModelInputs, num_classes: int) -> Outputs:
     """The same model's outputs on the OOD set ``path``: a dataset it is run on, or a logits file.
 
-    OOD labels are dropped (they name other classes); the dataset hash is salted so that the cache entry
-    (which stores labels) is not shared with a labelled use of the same file.
+    OOD labels are dropped (they name other classes); the output cache holds no labels, so the entry is
+    shared with any other use of the same file.
     """
     import dataclasses
-    import hashlib
 
     from calibscope.errors import InputError
     from calibscope.inference.outputs import Outputs
@@ -147,8 +146,7 @@ def ood_outputs(path: Path, *, checkpoint: Checkpoint, inputs: ModelInputs, num_
             logits = other.logits
         else:
             _same_input_shape(inputs.dataset, dataset, "--ood-data")
-            salted = hashlib.sha256(f"{dataset.sha256}/unlabelled".encode()).hexdigest()
-            dataset = dataclasses.replace(dataset, labels=None, sha256=salted)
+            dataset = dataclasses.replace(dataset, labels=None)  # OOD labels name other classes
             outputs = compute_outputs(checkpoint, dataset, inputs.options, use_cache=inputs.use_cache)
             return dataclasses.replace(outputs, meta={**outputs.meta, "role": "ood"})
     if inputs.limit is not None:

@@ -18,7 +18,7 @@ import torch
 from calibscope.inference.outputs import Outputs
 
 CACHE_FORMAT = 1
-_TENSORS = ("logits", "labels", "features", "weight", "bias")
+_TENSORS = ("logits", "features", "weight", "bias")  # labels come from the dataset, never the cache
 
 
 def cache_dir() -> Path:
@@ -48,7 +48,7 @@ def load_cached(key: str) -> Outputs | None:
     except (SafetensorError, OSError, ValueError):
         return None  # a damaged entry is a miss, not an error
     meta["cache"] = "hit"
-    return Outputs(**{k: tensors.get(k) for k in _TENSORS}, meta=meta)
+    return Outputs(**{k: tensors.get(k) for k in _TENSORS}, labels=None, meta=meta)
 
 
 def store(key: str, outputs: Outputs) -> None:

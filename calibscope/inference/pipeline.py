@@ -45,12 +45,12 @@ def compute_outputs(
                                options=asdict(replace(options, device=_device_kind(options.device))))
         outputs = _cache.load_cached(key) if use_cache else None
         if outputs is None:
-            outputs = run_inference(checkpoint.module, dataset.inputs, dataset.labels,
-                                    options=options, progress=progress)
+            outputs = run_inference(checkpoint.module, dataset.inputs, options=options, progress=progress)
             outputs = replace(outputs, meta={**outputs.meta, "cache": "miss" if use_cache else "off"})
             if use_cache:
                 _cache.store(key, outputs)
-        outputs = replace(outputs, meta={**outputs.meta, "checkpoint_format": checkpoint.format,
+        # the cache holds what the model computed; labels always come from the dataset as given
+        outputs = replace(outputs, labels=dataset.labels, meta={**outputs.meta, "checkpoint_format": checkpoint.format,
                                          "checkpoint_sha256": checkpoint.sha256,
                                          "dataset_sha256": dataset.sha256, "dataset_format": dataset.format})
     validate_outputs(outputs, source=source, num_classes=checkpoint.metadata.get("num_classes"))
