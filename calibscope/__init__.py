@@ -20,6 +20,7 @@ _LAZY = {
     "expected_calibration_error": "calibscope.diagnostics.calibration",
     "plane_projection": "calibscope.diagnostics.projection",
     "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
+    "top_hessian_eigenvalues": "calibscope.diagnostics.hessian",
 }
 
 

@@ -44,13 +44,14 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import ece, mi, ood, project, selective
+    from calibscope.cli import ece, hessian, mi, ood, project, selective
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
     app.command(name="mi", no_args_is_help=True)(mi.mi)
     app.command(name="ood", no_args_is_help=True)(ood.ood)
     app.command(name="selective", no_args_is_help=True)(selective.selective)
+    app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
 
 
 _register()

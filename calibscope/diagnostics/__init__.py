@@ -33,6 +33,10 @@ _LAZY = {
     "risk_coverage": "calibscope.diagnostics.selective",
     "selective_report": "calibscope.diagnostics.selective",
     "area_under_risk_coverage": "calibscope.diagnostics.selective",
+    "HessianSpectrum": "calibscope.diagnostics.hessian",
+    "top_hessian_eigenvalues": "calibscope.diagnostics.hessian",
+    "hutchinson_trace": "calibscope.diagnostics.hessian",
+    "lanczos_top_eigenvalues": "calibscope.diagnostics.hessian",
 }
 
 __all__ = sorted(_LAZY)

@@ -13,12 +13,13 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from calibscope.conventions import as_logits, input_normaliser
 from calibscope.errors import InputError
 from calibscope.inference.device import autocast_dtype, resolve_device
 from calibscope.inference.features import attach_feature_tap
@@ -51,34 +52,6 @@ def _validate_options(options: InferenceOptions) -> None:
         raise InputError(f"every --std value must be positive, got {list(options.std)}")
     if options.mean is not None and len(options.mean) != len(options.std or ()):
         raise InputError(f"--mean has {len(options.mean)} values but --std has {len(options.std or ())}")
-
-
-def _normaliser(inputs: torch.Tensor, mean, std, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 → float32 ÷ 255, then per-channel (images: dim 1) or per-feature standardisation."""
-    shape: Sequence[int] | None = None
-    if mean is not None:
-        n = len(mean)
-        if inputs.ndim == 4:
-            if n not in (1, inputs.shape[1]):
-                raise InputError(f"--mean/--std have {n} values but the images have {inputs.shape[1]} channels")
-            shape = (1, n, 1, 1)
-        else:
-            width = inputs[0].numel()
-            if n not in (1, width):
-                raise InputError(f"--mean/--std have {n} values but the inputs have {width} features")
-            shape = (1, n) if inputs.ndim == 2 else (1,) + (n,) + (1,) * (inputs.ndim - 2)
-        m = torch.tensor(mean, dtype=torch.float32, device=device).reshape(shape)
-        s = torch.tensor(std, dtype=torch.float32, device=device).reshape(shape)
-    is_uint8 = inputs.dtype == torch.uint8
-
-    def convert(x: torch.Tensor) -> torch.Tensor:
-        if is_uint8:  # .float() made a fresh tensor: in-place is safe
-            x = x.float().div_(255.0)
-            return x.sub_(m).div_(s) if shape is not None else x
-        x = x.float()  # may alias the caller's data: never modify in place
-        return (x - m) / s if shape is not None else x
-
-    return convert
 
 
 class _Batches:
@@ -192,7 +165,7 @@ def run_inference(
     channels_last = device.type == "cuda" and inputs.ndim == 4
     notify = on_notice or (lambda msg: print(f"calibscope: {msg}", file=sys.stderr))
     model = _prepare_model(model, device, channels_last)
-    convert = _normaliser(inputs, options.mean, options.std, device)
+    convert = input_normaliser(inputs, options.mean, options.std, device)
     n = inputs.shape[0]
     tap = None
     state = {"bs": options.batch_size, "halved": False}
@@ -214,11 +187,11 @@ def run_inference(
                                 out = model(x)
                         else:
                             out = model(x)
-                        out = _as_logits(out, e - s)
+                        out = as_logits(out, e - s)
                         if options.capture_features and tap is None:
                             tap = attach_feature_tap(model, out.shape[1], layer=options.layer)
                             model = tap.model
-                            out = _as_logits(model(x), e - s)  # first batch again, now recorded
+                            out = as_logits(model(x), e - s)  # first batch again, now recorded
                         if tap is not None:
                             feature_parts.append(tap.take().float())
                         logits_parts.append(out.float())
@@ -263,20 +236,6 @@ def run_inference(
         bias=None if tap is None or tap.bias is None else tap.bias.float().cpu().clone(),
         meta=meta,
     )
-
-
-def _as_logits(out, batch: int) -> torch.Tensor:
-    """Accept a tensor, or a tuple/list/dict whose first tensor / ``logits`` entry is ``[batch, K]``."""
-    if isinstance(out, dict):
-        out = out.get("logits", next(iter(out.values()), None))
-    if isinstance(out, (tuple, list)):
-        out = out[0] if out else None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returned {type(out).__name__}, not a tensor of logits")
-    if out.ndim != 2 or out.shape[0] != batch:
-        raise InputError(f"the model returned shape {tuple(out.shape)} for a batch of {batch}; expected "
-                         f"[{batch}, num_classes] logits (is the input shape or normalisation right?)")
-    return out
 
 
 class _ProgressBar:

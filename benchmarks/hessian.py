@@ -1,0 +1,196 @@
+"""Top-5 Hessian eigenvalues: calibscope's Lanczos vs PyHessian-style power iteration, side by side in one run.
+
+Model: a CIFAR-style ResNet-18 (BatchNorm in eval mode), random weights, random CIFAR-size images; the loss is
+the mean cross-entropy over one batch of ``--n`` examples. Prints
+
+* time per Hessian-vector product / time per forward+backward on the same batch (target ≤ 4);
+* calibscope (Lanczos with full reorthogonalisation, ``tol`` 1e-4 on every Ritz residual): HVPs, time, and the
+  largest relative error of λ1..λ5 against a long, tight reference run (Lanczos, tol 1e-9);
+* PyHessian's published algorithm (Yao et al. 2020, ``hessian.eigenvalues``: power iteration per eigenvalue,
+  deflated by orthogonalising against the ones found, stop when the Rayleigh quotient changes by less than
+  ``tol`` 1e-3 relative, at most 100 iterations each): HVPs, time, largest relative error;
+* the ratios power iteration / calibscope.
+
+Runs on CUDA when present (ResNet-18 at full width, 32×32, batch 256) and always on CPU (small sizes).
+
+    python benchmarks/hessian.py                  # CPU, and CUDA if available
+    python benchmarks/hessian.py --device cuda --n 256 --width 64 --image 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibscope.diagnostics.hessian import (
+    HessianOperator,
+    lanczos_top_eigenvalues,
+    select_parameters,
+    top_hessian_eigenvalues,
+)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(y)) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 (He et al. 2016 layout, 3×3 stem): widths w, 2w, 4w, 8w; 11.2 M parameters at w = 64."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        layers, cin = [], w
+        for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
+            layers += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, repeats):
+    """Best of ``repeats`` timings after a warm-up (robust to other processes on a shared machine)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def power_iteration_top(op: HessianOperator, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: int = 0):
+    """PyHessian's ``hessian.eigenvalues(maxIter=100, tol=1e-3, top_n=k)``, on flat vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    eigenvalues, eigenvectors, n_hvp = [], [], 0
+    for _ in range(k):
+        v = torch.randn(op.dim, generator=gen).to(op.device, op.dtype)
+        v /= v.norm()
+        eigenvalue = None
+        for _ in range(max_iter):
+            for u in eigenvectors:  # orthnormal(v, eigenvectors)
+                v -= torch.dot(v, u) * u
+            v /= v.norm()
+            hv = op.hvp(v)
+            n_hvp += 1
+            tmp = float(torch.dot(hv, v))
+            v = hv / (hv.norm() + 1e-6)
+            if eigenvalue is not None and abs(eigenvalue - tmp) / (abs(eigenvalue) + 1e-6) < tol:
+                eigenvalue = tmp
+                break
+            eigenvalue = tmp
+        eigenvalues.append(eigenvalue)
+        eigenvectors.append(v)
+    return eigenvalues, n_hvp
+
+
+def run(device: torch.device, *, n: int, batch_size: int, width: int, image: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = ResNet18(width=width).to(device).eval()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, image, image), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as calibscope does
+    try:
+        op = HessianOperator(model, images, labels, parameters=select_parameters(model), batch_size=batch_size,
+                             mean=mean, std=std)
+        name = f"ResNet-18 width {width}, {image}×{image}, {n} examples, batch {batch_size}"
+        print(f"[{device}] {name}: {op.dim:,} parameters, HVP by {op.method}")
+
+        x = ((images.to(device).float() / 255 - torch.tensor(mean, device=device).view(1, 3, 1, 1))
+             / torch.tensor(std, device=device).view(1, 3, 1, 1))
+        y = labels.to(device)
+        params = [p for _, p in select_parameters(model)]
+
+        def forward_backward():
+            for s in range(0, n, batch_size):
+                loss = F.cross_entropy(model(x[s:s + batch_size]), y[s:s + batch_size], reduction="sum") / n
+                torch.autograd.grad(loss, params)
+
+        v = torch.randn(op.dim, generator=gen).to(device)
+        t_fb = _timed(forward_backward, device, repeats)
+        t_hvp = _timed(lambda: op.hvp(v), device, repeats)
+        print(f"[{device}] time per HVP / time per forward+backward: {t_hvp / t_fb:.2f} "
+              f"(best of {repeats}: HVP {1e3 * t_hvp:.1f} ms, forward+backward {1e3 * t_fb:.1f} ms; target ≤ 4)")
+
+        reference = lanczos_top_eigenvalues(op, op.dim, k=5, tol=1e-9, max_matvec=400, seed=123, device=device,
+                                            dtype=op.dtype)
+        ref = reference.eigenvalues
+        print(f"[{device}] reference (Lanczos tol 1e-9, seed 123): λ1..λ5 = "
+              f"{', '.join(f'{e:.6g}' for e in ref)} in {reference.n_matvec} HVPs "
+              f"(converged: {reference.converged})")
+
+        spectrum = top_hessian_eigenvalues(model, images, labels, top=5, tol=1e-4, examples=n,
+                                           batch_size=batch_size, mean=mean, std=std)
+        err_l = max(abs(a - b) / abs(b) for a, b in zip(spectrum.eigenvalues, ref, strict=True))
+        print(f"[{device}] calibscope Lanczos, tol 1e-4:      {spectrum.n_hvp:4d} HVPs, {spectrum.seconds:8.2f} s, "
+              f"max relative error of λ1..λ5 {err_l:.1e}")
+
+        _sync(device)
+        t0 = time.perf_counter()
+        power, n_power = power_iteration_top(op, 5)
+        _sync(device)
+        t_power = time.perf_counter() - t0
+        err_p = max(abs(a - b) / abs(b) for a, b in zip(power, ref, strict=True))
+        print(f"[{device}] PyHessian power iteration, tol 1e-3: {n_power:4d} HVPs, {t_power:8.2f} s, "
+              f"max relative error of λ1..λ5 {err_p:.1e} (λ = {', '.join(f'{e:.6g}' for e in power)})")
+        print(f"[{device}] power iteration / calibscope: {n_power / spectrum.n_hvp:.1f}× the HVPs, "
+              f"{t_power / spectrum.seconds:.1f}× the time")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    ap.add_argument("--n", type=int, default=None, help="examples (default: 32 on CPU, 256 on CUDA)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: --n")
+    ap.add_argument("--width", type=int, default=None, help="ResNet width (default: 8 on CPU, 64 on CUDA)")
+    ap.add_argument("--image", type=int, default=None, help="image side (default: 16 on CPU, 32 on CUDA)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing repeats for the HVP / forward+backward ratio")
+    args = ap.parse_args()
+    devices = []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if args.device in ("all", "cpu"):
+        devices.append(torch.device("cpu"))
+    if not devices:
+        raise SystemExit("CUDA is not available here; use --device cpu")
+    for device in devices:
+        cuda = device.type == "cuda"
+        n = args.n or (256 if cuda else 32)
+        run(device, n=n, batch_size=args.batch_size or n, width=args.width or (64 if cuda else 8),
+            image=args.image or (32 if cuda else 16), repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""What ``calibscope hessian`` shows: a side-by-side table, the ``calibscope/hessian`` JSON document, figures.
+
+``results`` is a list of :class:`HessianResult` (one per checkpoint); nothing here computes a number — the
+eigenvalues, residuals, trace, density and repeat statistics all come from
+:mod:`calibscope.diagnostics.hessian`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from calibscope.diagnostics.hessian import HessianRepeats, HessianSpectrum, SpectralDensity
+
+__all__ = ["HessianResult", "density_figure", "document", "eigenvalue_figure", "print_json", "print_tables",
+           "write_outputs"]
+
+_MISSING = "—"
+
+
+@dataclass(frozen=True)
+class HessianResult:
+    name: str  # display name of the checkpoint
+    path: Path
+    format: str  # checkpoint format (export, torchscript, safetensors, ...)
+    spectrum: HessianSpectrum  # the (first) subset
+    repeats: HessianRepeats | None = None  # all subsets, when --repeats > 1
+    meta: dict[str, Any] = field(default_factory=dict)  # hashes, dataset, normalisation
+
+
+# --------------------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------------------
+
+
+def _spectrum_dict(s: HessianSpectrum) -> dict[str, Any]:
+    from calibscope.render.json_doc import report_to_dict
+
+    d = report_to_dict(s)
+    settings = d.pop("settings")
+    return {"eigenvalues": d.pop("eigenvalues"), "ratio": s.ratio, **d, "settings": settings}
+
+
+def document(results: list[HessianResult]) -> dict[str, Any]:
+    """The ``calibscope/hessian`` v1 document (``docs/hessian.md``)."""
+    from calibscope.render.json_doc import json_document
+
+    entries = []
+    for r in results:
+        entry = {"name": r.name, "checkpoint": str(r.path), "format": r.format, **r.meta,
+                 **_spectrum_dict(r.spectrum)}
+        if r.repeats is not None:
+            rep = r.repeats
+            entry["repeats"] = {
+                "count": len(rep.spectra), "eigenvalues_mean": rep.eigenvalues_mean,
+                "eigenvalues_std": rep.eigenvalues_std, "ratio_mean": rep.ratio_mean, "ratio_std": rep.ratio_std,
+                "trace_mean": rep.trace_mean, "trace_std": rep.trace_std,
+                "subsets": [_spectrum_dict(s) for s in rep.spectra],
+            }
+        entries.append(entry)
+    return json_document("hessian", {"results": entries}, meta={"command": "hessian", "n_checkpoints": len(results)})
+
+
+def print_json(doc: dict[str, Any]) -> None:
+    from calibscope.render.json_doc import dumps
+
+    print(dumps(doc))
+
+
+# --------------------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------------------
+
+
+def eigenvalue_figure(results: list[HessianResult], *, figsize: tuple[float, float] = (5.0, 3.4)) -> Figure:
+    """Grouped bars λ1…λk, one colour per checkpoint (error bars: std across subsets with ``--repeats``).
+
+    Log scale when every value is positive (SGD vs SAM differ by orders of magnitude), linear otherwise.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    k = max(len(r.spectrum.eigenvalues) for r in results)
+    width = 0.8 / len(results)
+    values_all = []
+    for j, r in enumerate(results):
+        if r.repeats is not None:
+            values, errors = list(r.repeats.eigenvalues_mean), list(r.repeats.eigenvalues_std)
+        else:
+            values, errors = list(r.spectrum.eigenvalues), None
+        values_all += values
+        xs = [i + (j - (len(results) - 1) / 2) * width for i in range(len(values))]
+        ax.bar(xs, values, width=width, yerr=errors, capsize=2 if errors else 0, label=r.name,
+               edgecolor="black", linewidth=0.5, zorder=2)
+    if values_all and all(v > 0 for v in values_all):
+        ax.set_yscale("log")
+    ax.set_xticks(range(k), [f"$\\lambda_{{{i + 1}}}$" for i in range(k)])
+    ax.set_ylabel("Hessian eigenvalue")
+    ax.axhline(0.0, color="0.3", linewidth=0.6)
+    ax.grid(True, axis="y", linewidth=0.5, alpha=0.35)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize="small", frameon=True, framealpha=0.9)
+    first = results[0].spectrum.settings
+    ax.set_title(f"Top Hessian eigenvalues ({first.examples:,} examples, BN {first.bn})", fontsize="medium")
+    return fig
+
+
+def density_figure(density: SpectralDensity, *, title: str | None = None,
+                   figsize: tuple[float, float] = (5.0, 3.4)) -> Figure:
+    """Spectral density from stochastic Lanczos quadrature, log scale (as Ghorbani et al. 2019 draw it)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    floor = max(max(density.density) * 1e-8, 1e-300)
+    ax.semilogy(density.grid, [max(v, floor) for v in density.density], color="#3b6fb6", linewidth=1.2)
+    ax.set_xlabel("Eigenvalue")
+    ax.set_ylabel("Density")
+    ax.grid(True, linewidth=0.5, alpha=0.35)
+    ax.set_title(title or f"Hessian spectral density (SLQ, {density.runs}×{density.steps} steps)",
+                 fontsize="medium")
+    return fig
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def write_outputs(out: Path, results: list[HessianResult], doc: dict[str, Any]) -> list[Path]:
+    """``out/hessian.json``, ``out/hessian_eigenvalues.png|svg`` and, with ``--density``,
+    ``out/hessian_density_<name>.png|svg`` (atomic writes)."""
+    from calibscope.errors import InputError
+    from calibscope.render.atomic import atomic_write_text
+    from calibscope.render.figures import save_figure
+    from calibscope.render.json_doc import dumps
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+    written = save_figure(eigenvalue_figure(results), out / "hessian_eigenvalues")
+    for r in results:
+        if r.spectrum.density is not None:
+            written += save_figure(density_figure(r.spectrum.density, title=r.name),
+                                   out / f"hessian_density_{_slug(r.name)}")
+    written.append(atomic_write_text(out / "hessian.json", dumps(doc) + "\n"))
+    return written
+
+
+# --------------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _MISSING
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return f"{value:.5g}"
+
+
+def _rows(r: HessianResult, k: int) -> list[tuple[str, str]]:
+    s, rep, st = r.spectrum, r.repeats, r.spectrum.settings
+    rows = []
+    for i in range(k):
+        if i >= len(s.eigenvalues):
+            rows.append((f"λ{i + 1}", _MISSING))
+        elif rep is not None:
+            rows.append((f"λ{i + 1}", f"{_num(rep.eigenvalues_mean[i])} ± {_num(rep.eigenvalues_std[i])}"))
+        else:
+            rows.append((f"λ{i + 1}", _num(s.eigenvalues[i])))
+    ratio = f"{_num(rep.ratio_mean)} ± {_num(rep.ratio_std)}" if rep is not None else _num(s.ratio)
+    rows.append((f"λ1/λ{len(s.eigenvalues)}", ratio))
+    rel = [res / abs(ev) if ev else math.inf for res, ev in zip(s.residuals, s.eigenvalues, strict=True)]
+    rows.append(("max residual / |λ|", f"{max(rel):.1e}" + ("" if s.converged else " (not converged)")))
+    if rep is not None and rep.trace_mean is not None:
+        rows.append(("trace (Hutchinson)", f"{_num(rep.trace_mean)} ± {_num(rep.trace_std)}"))
+    elif s.trace is not None:
+        rows.append(("trace (Hutchinson)", f"{_num(s.trace.trace)} ± {_num(s.trace.standard_error)} (s.e.)"))
+    rows += [
+        ("loss (mean CE)", _num(s.loss)),
+        ("HVPs (Lanczos)", str(s.n_hvp) if rep is None else " / ".join(str(x.n_hvp) for x in rep.spectra)),
+        ("time", f"{s.seconds:.2f} s" if rep is None else f"{sum(x.seconds for x in rep.spectra):.2f} s"),
+        ("examples", f"{st.examples:,}" + (f" × {len(rep.spectra)} subsets" if rep is not None else "")),
+        ("parameters", f"{st.n_params:,} ({st.params})"),
+        ("BatchNorm", st.bn if st.has_batchnorm else "none in model"),
+        ("HVP method", st.hvp_method),
+        ("device", f"{st.device} {st.dtype}, TF32 off"),
+    ]
+    return rows
+
+
+def print_tables(results: list[HessianResult], *, written: list[Path] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    k = max(len(r.spectrum.eigenvalues) for r in results)
+    first = results[0].spectrum.settings
+    table = Table(title=f"Top Hessian eigenvalues (Lanczos, tol {first.tol:g}, seed {first.seed})",
+                  title_justify="left", header_style="bold")
+    table.add_column("")
+    for r in results:
+        table.add_column(r.name, justify="right")
+    columns = [_rows(r, k) for r in results]
+    for i, (label, _) in enumerate(columns[0]):
+        table.add_row(label, *(rows[i][1] for rows in columns))
+    console.print(table)
+
+    if any(r.spectrum.per_layer for r in results):
+        layers: list[str] = []
+        for r in results:
+            layers += [x.layer for x in r.spectrum.per_layer if x.layer not in layers]
+        per = Table(title="Top eigenvalue of each layer's block H_ll", title_justify="left", header_style="bold")
+        per.add_column("layer")
+        for r in results:
+            per.add_column(r.name, justify="right")
+        for layer in layers:
+            cells = []
+            for r in results:
+                hit = [x for x in r.spectrum.per_layer if x.layer == layer]
+                cells.append(_MISSING if not hit else _num(hit[0].eigenvalue) + ("" if hit[0].converged else "*"))
+            per.add_row(layer, *cells)
+        console.print(per)
+    for r in results:
+        if not r.spectrum.converged:
+            console.print(f"[yellow]{r.name}: not converged after {r.spectrum.n_hvp} HVPs; the residuals bound "
+                          "the error — raise --max-hvp or loosen --tol[/yellow]")
+    if written:
+        console.print(f"[dim]wrote {len(written)} files to {written[0].parent}/[/dim]")
