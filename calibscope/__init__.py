@@ -18,6 +18,8 @@ _LAZY = {
     "calibration_stats": "calibscope.diagnostics.calibration",
     "calibration_report": "calibscope.diagnostics.calibration",
     "expected_calibration_error": "calibscope.diagnostics.calibration",
+    "calibration_metrics": "calibscope.diagnostics.calibration",
+    "fit_temperature": "calibscope.diagnostics.temperature",
     "plane_projection": "calibscope.diagnostics.projection",
     "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
     "top_hessian_eigenvalues": "calibscope.diagnostics.hessian",

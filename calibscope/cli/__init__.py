@@ -37,14 +37,17 @@ def _root(
 
         typer.echo(f"calibscope {__version__}")
         raise typer.Exit(0)
-    _common.STATE["debug"] = debug or _common.STATE["debug"]
+    import os
+
+    # set on every invocation: an earlier --debug in the same process must not leak into this one
+    _common.STATE["debug"] = debug or bool(os.environ.get("CALIBSCOPE_DEBUG"))
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
 
 def _register() -> None:
-    from calibscope.cli import ece, hessian, mi, ood, project, selective
+    from calibscope.cli import ece, hessian, mi, ood, project, selective, temperature
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
@@ -52,6 +55,7 @@ def _register() -> None:
     app.command(name="ood", no_args_is_help=True)(ood.ood)
     app.command(name="selective", no_args_is_help=True)(selective.selective)
     app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
+    app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
 
 
 _register()

@@ -7,6 +7,9 @@ Only the working directory is looked at (no search upwards), and ``calibscope.to
     limit = 1000
     bins = 15
     max_ece = 0.05
+    norm = "l1"                         # which ECE --max-ece and --baseline gate: l1, l2 or max (MCE)
+    baseline = "ci/ece-baseline.json"   # an earlier `calibscope ece --json` document, relative to this file
+    max_increase = 0.005                # gate: fail when ECE rises more than this above the baseline
     mean = [0.4914, 0.4822, 0.4465]
     std = [0.2470, 0.2435, 0.2616]
 
@@ -32,7 +35,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class ProjectDefaults:
     """Defaults read from a project file. ``None`` means "not set there".
 
-    ``source`` is the file they came from; ``data`` is already resolved against that file's folder.
+    ``source`` is the file they came from; ``data`` and ``baseline`` are already resolved against that file's
+    folder.
     ``mean`` / ``std`` are per-channel, applied after uint8 → [0, 1].
     """
 
@@ -44,6 +48,9 @@ class ProjectDefaults:
     batch_size: int | None = None
     bins: int | None = None
     max_ece: float | None = None
+    norm: str | None = None
+    baseline: Path | None = None
+    max_increase: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     device: str | None = None
@@ -51,7 +58,8 @@ class ProjectDefaults:
 
 
 ALLOWED_KEYS = ("data", "split", "label_column", "limit", "batch_size", "bins", "max_ece", "mean", "std",
-                "device", "precision")
+                "device", "precision", "norm", "baseline", "max_increase")
+NORMS = ("l1", "l2", "max")
 
 
 def find_defaults(cwd: Path | None = None) -> ProjectDefaults | None:
@@ -96,9 +104,10 @@ def _parse(table: dict[str, Any], source: Path, *, where: str) -> ProjectDefault
     values: dict[str, Any] = {}
     for key, value in table.items():
         values[key] = _check(key, value, where)
-    if "data" in values:
-        data = Path(values["data"]).expanduser()
-        values["data"] = data if data.is_absolute() else source.parent / data
+    for key in ("data", "baseline"):
+        if key in values:
+            path = Path(values[key]).expanduser()
+            values[key] = path if path.is_absolute() else source.parent / path
     return ProjectDefaults(source=source, **values)
 
 
@@ -106,7 +115,7 @@ def _check(key: str, value: Any, where: str) -> Any:
     def bad(expected: str) -> InputError:
         return InputError(f"{where}: expected `{key}` to be {expected}, but got {value!r}")
 
-    if key in ("data", "split", "label_column", "device"):
+    if key in ("data", "split", "label_column", "device", "baseline"):
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
         return value
@@ -118,7 +127,11 @@ def _check(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("an integer larger than 0")
         return value
-    if key == "max_ece":
+    if key == "norm":
+        if value not in NORMS:
+            raise bad(f"one of {', '.join(NORMS)}")
+        return value
+    if key in ("max_ece", "max_increase"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise bad("a number between 0 and 1")
         return float(value)

@@ -1,42 +1,124 @@
-"""What ``calibscope ece`` shows: tables on the terminal, the ``calibscope/ece`` JSON document, figures.
+"""What ``calibscope ece`` shows: tables on the terminal, the ``calibscope/ece`` JSON document, figures, the
+per-bin CSV and JUnit XML for CI systems.
 
-``results`` is a list of :class:`EceResult` (one per checkpoint); nothing here computes a metric.
+``results`` is a list of :class:`EceResult` (one per checkpoint) and ``gate`` a :class:`Gate`; nothing here
+computes a metric.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.diagnostics.calibration import CalibrationReport
+    from calibscope.diagnostics.calibration import CalibrationMetrics, CalibrationReport
+
+# the metric that `ece` and the gates mean, for each --norm
+HEADLINE = {"l1": "ece", "l2": "ece_l2", "max": "mce"}
 
 
 @dataclass(frozen=True)
 class EceResult:
+    """One checkpoint's numbers. ``headline``: the metric (key of ``metrics``) that ``ece`` in the JSON and
+    the gates refer to; ``temperature``: ``{"value": T, "source": ...}`` when the logits were divided by T;
+    ``baseline``: ``{"path", "name", "value", "delta"}`` when compared with an earlier run."""
+
     name: str  # display name of the checkpoint
     path: Path
     format: str  # checkpoint format (export, torchscript, safetensors, npz, ...)
     report: CalibrationReport
     inference: dict[str, Any]  # Outputs.meta: device, precision, batch size, hashes, cache, timings
+    metrics: CalibrationMetrics | None = None
+    headline: str = "ece"
+    temperature: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    warnings: tuple[str, ...] = ()  # about the data or the comparison: also printed on stderr
+    notes: tuple[str, ...] = ()  # about the numbers' reliability (small bins): shown with the tables
+
+    @property
+    def value(self) -> float:
+        """The headline calibration error (ECE in the chosen norm)."""
+        if self.metrics is not None:
+            return self.metrics.value(self.headline)
+        return {"ece": self.report.ece, "mce": self.report.mce}.get(self.headline, self.report.ece)
 
 
-def document(results: list[EceResult], *, gate: float | None) -> dict[str, Any]:
-    """The ``calibscope/ece`` v1 document (``docs/json-schema.md``)."""
-    from calibscope.render.json_doc import json_document, report_to_dict
+@dataclass(frozen=True)
+class GateCheck:
+    """One threshold applied to one checkpoint: ``check`` is ``"max_ece"`` or ``"max_increase"``."""
 
-    entries = [
-        {"name": r.name, "checkpoint": str(r.path), "format": r.format, "inference": r.inference,
-         **report_to_dict(r.report)}
-        for r in results
-    ]
-    failing = [r.name for r in results if gate is not None and r.report.ece > gate]
-    payload = {
-        "results": entries,
-        "gate": None if gate is None else {"max_ece": gate, "passed": not failing, "failing": failing},
-    }
+    checkpoint: str
+    check: str
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The CI gate of one run: thresholds, the baseline file, and every check made."""
+
+    max_ece: float | None = None
+    max_increase: float | None = None
+    baseline: str | None = None
+    checks: tuple[GateCheck, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failing(self) -> list[str]:
+        names: list[str] = []
+        for c in self.checks:
+            if not c.passed and c.checkpoint not in names:
+                names.append(c.checkpoint)
+        return names
+
+    @property
+    def active(self) -> bool:
+        return self.max_ece is not None or self.max_increase is not None
+
+
+def _entry(r: EceResult) -> dict[str, Any]:
+    from calibscope.render.json_doc import report_to_dict, to_jsonable
+
+    entry = {"name": r.name, "checkpoint": str(r.path), "format": r.format, "inference": r.inference,
+             **report_to_dict(r.report)}
+    if r.metrics is not None:
+        entry["ece"] = r.value
+        entry["definition"] = to_jsonable(r.metrics[r.headline].definition)
+        entry["headline"] = r.headline
+        entry["metrics"] = {name: to_jsonable(m) for name, m in r.metrics.metrics.items()}
+    entry["temperature"] = to_jsonable(r.temperature)
+    entry["baseline"] = to_jsonable(r.baseline)
+    entry["warnings"] = list(r.warnings) + list(r.notes)
+    return entry
+
+
+def document(results: list[EceResult], *, gate: float | Gate | None) -> dict[str, Any]:
+    """The ``calibscope/ece`` v1 document (``docs/json-schema.md``).
+
+    ``gate``: a :class:`Gate`, or (older form) just the ``--max-ece`` threshold, or None.
+    """
+    from calibscope.render.json_doc import json_document, to_jsonable
+
+    if gate is not None and not isinstance(gate, Gate):
+        gate = Gate(max_ece=float(gate), checks=tuple(
+            GateCheck(r.name, "max_ece", r.headline, r.value, float(gate), not r.value > gate, "")
+            for r in results))
+    gate_doc = None
+    if gate is not None and gate.active:
+        gate_doc = {"max_ece": gate.max_ece, "passed": gate.passed, "failing": gate.failing}
+        if gate.baseline is not None:  # the baseline gate's fields (absent with --max-ece alone)
+            gate_doc.update(max_increase=gate.max_increase, baseline=gate.baseline,
+                            checks=[to_jsonable(c) for c in gate.checks])
+    payload = {"results": [_entry(r) for r in results], "gate": gate_doc}
     return json_document("ece", payload, meta={"command": "ece", "n_checkpoints": len(results)})
 
 
@@ -44,20 +126,33 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> list[Path]:
-    """``out/ece.json`` and ``out/reliability_<name>.png|svg`` for each checkpoint (atomic writes)."""
+def _ensure_dir(out: Path) -> None:
     from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text
-    from calibscope.render.figures import reliability_diagram, save_figure
-    from calibscope.render.json_doc import dumps
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+
+
+def _parent_dir(path: Path) -> None:
+    from calibscope.errors import InputError
+
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write '{path}': the folder '{path.parent}' does not exist")
+
+
+def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> list[Path]:
+    """``out/ece.json`` and ``out/reliability_<name>.png|svg`` for each checkpoint (atomic writes)."""
+    from calibscope.render.atomic import atomic_write_text
+    from calibscope.render.figures import reliability_diagram, save_figure
+    from calibscope.render.json_doc import dumps
+
+    _ensure_dir(out)
     written = []
     for r in results:
-        fig = reliability_diagram(r.report, title=r.name)
+        title = r.name if r.temperature is None else f"{r.name} (T = {r.temperature['value']:.4g})"
+        fig = reliability_diagram(r.report, title=title)
         written += save_figure(fig, out / f"reliability_{_slug(r.name)}")
     written.append(atomic_write_text(out / "ece.json", dumps(doc) + "\n"))
     return written
@@ -67,6 +162,170 @@ def print_json(doc: dict[str, Any]) -> None:
     from calibscope.render.json_doc import dumps
 
     print(dumps(doc))
+
+
+# --------------------------------------------------------------------------------------------------------
+# CSV and JUnit XML
+# --------------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("checkpoint", "bin", "lower", "upper", "count", "mean_confidence", "accuracy", "gap")
+
+
+def bins_csv(results: list[EceResult]) -> str:
+    """The reliability bins of every checkpoint, one row per bin (``gap`` = confidence − accuracy; empty
+    bins have empty confidence/accuracy/gap cells). Numbers with full float64 precision (``repr``)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        b = r.report.bins
+        for m in range(len(b.count)):
+            cells = [b.mean_confidence[m], b.accuracy[m], b.gap[m]]
+            writer.writerow([r.name, m + 1, repr(b.lower[m]), repr(b.upper[m]), b.count[m],
+                             *("" if not math.isfinite(v) else repr(v) for v in cells)])
+    return buffer.getvalue()
+
+
+def write_bins_csv(path: Path, results: list[EceResult]) -> Path:
+    from calibscope.render.atomic import atomic_write_text
+
+    _parent_dir(path)
+    return atomic_write_text(path, bins_csv(results))
+
+
+def junit_xml(results: list[EceResult], gate: Gate) -> str:
+    """JUnit XML (the format CI systems display): one ``<testcase>`` per check, with ``<failure>`` when it
+    failed; without any gate, one passing test case per checkpoint recording its numbers."""
+    import xml.etree.ElementTree as ET
+
+    cases = []
+    for c in gate.checks:
+        label = (f"{c.metric} <= {c.threshold:g}" if c.check == "max_ece"
+                 else f"{c.metric} increase over baseline <= {c.threshold:g}")
+        cases.append((c.checkpoint, label, None if c.passed else c.message, f"{c.metric} = {c.value:.6g}"))
+    if not gate.checks:
+        for r in results:
+            cases.append((r.name, "calibration measured", None, f"{r.headline} = {r.value:.6g}"))
+    failures = sum(1 for case in cases if case[2] is not None)
+    suites = ET.Element("testsuites", name="calibscope", tests=str(len(cases)), failures=str(failures), errors="0")
+    suite = ET.SubElement(suites, "testsuite", name="calibscope ece", tests=str(len(cases)),
+                          failures=str(failures), errors="0", skipped="0")
+    by_name = {r.name: r for r in results}
+    for checkpoint, label, failure, summary in cases:
+        case = ET.SubElement(suite, "testcase", classname=f"calibscope.ece.{_slug(checkpoint)}", name=label,
+                             time="0")
+        if failure is not None:
+            ET.SubElement(case, "failure", message=failure, type="GateFailed").text = failure
+        r = by_name.get(checkpoint)
+        lines = [summary]
+        if r is not None:
+            lines.append(f"n = {r.report.n}, accuracy = {r.report.accuracy:.6g}, bins = {r.report.n_bins}")
+            lines += [f"warning: {w}" for w in (*r.warnings, *r.notes)]
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def write_junit(path: Path, results: list[EceResult], gate: Gate) -> Path:
+    from calibscope.render.atomic import atomic_write_text
+
+    _parent_dir(path)
+    return atomic_write_text(path, junit_xml(results, gate))
+
+
+# --------------------------------------------------------------------------------------------------------
+# terminal tables
+# --------------------------------------------------------------------------------------------------------
+
+_MISSING = "—"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else _MISSING
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f} %" if math.isfinite(value) else _MISSING
+
+
+def _label(name: str, r: EceResult) -> str:
+    m = r.report.n_bins
+    labels = {
+        "ece": f"ECE ({m} bins)",
+        "ece_l2": f"ECE ℓ2 ({m} bins)",
+        "mce": "MCE",
+        "signed_ce": "Signed CE (+ = over-confident)",
+        "nll": "NLL",
+        "brier": "Brier",
+        "accuracy": "Accuracy",
+        "ece_l2_debiased": "ECE ℓ2 debiased (Kumar 2019)",
+        "ace": "ACE (equal-mass bins)",
+        "sce": "Classwise ECE (SCE)",
+        "smooth_ece": "Smooth ECE",
+    }
+    return labels.get(name, name)
+
+
+def _cell(r: EceResult, name: str) -> str:
+    assert r.metrics is not None
+    metric = r.metrics[name]
+    fmt = _percent if name == "accuracy" else (lambda v: f"{v:+.4f}") if name == "signed_ce" else _rate
+    text = fmt(metric.value)
+    if metric.interval is not None:
+        text += f" [{fmt(metric.interval.low)}, {fmt(metric.interval.high)}]"
+    if name == "smooth_ece":
+        sigma = metric.definition.get("bandwidth_value")
+        if sigma is not None:
+            text += f" (σ* {sigma:.3g})"
+    return text
+
+
+def metric_names(r: EceResult, show_all: bool) -> list[str]:
+    from calibscope.diagnostics.calibration import ALL_METRICS, COMPACT_METRICS
+
+    names = list(ALL_METRICS if show_all else COMPACT_METRICS)
+    if r.headline not in names:
+        names.insert(1, r.headline)
+    return names
+
+
+def _rows(r: EceResult, show_all: bool) -> list[tuple[str, str]]:
+    rows = [("Examples", f"{r.report.n:,}"), ("Classes", str(r.report.num_classes))]
+    if r.temperature is not None:
+        rows.append(("Temperature", f"{r.temperature['value']:.6g}"))
+    if r.metrics is None:
+        rows += [("Accuracy", _percent(r.report.accuracy)), ("Mean confidence", _percent(r.report.mean_confidence)),
+                 (f"ECE ({r.report.n_bins} bins)", _rate(r.report.ece)), ("MCE", _rate(r.report.mce)),
+                 ("NLL", _rate(r.report.nll)), ("Brier", _rate(r.report.brier))]
+        return rows
+    rows.append(("Mean confidence", _percent(r.report.mean_confidence)))
+    for name in metric_names(r, show_all):
+        label = _label(name, r) + (" ◆" if name == r.headline else "")
+        rows.append((label, _cell(r, name)))
+    if r.baseline is not None:
+        rows.append((f"Baseline {_label(r.headline, r)}", _rate(r.baseline["value"])))
+        rows.append(("Change vs baseline", f"{r.baseline['delta']:+.4f}"))
+    return rows
+
+
+def _bins_table(r: EceResult):
+    from rich.table import Table
+
+    bins = r.report.bins
+    table = Table(title_justify="left", header_style="bold")
+    for column, justify in (("Bin (conf.)", "left"), ("Count", "right"), ("Confidence", "right"),
+                            ("Accuracy", "right"), ("Gap", "right")):
+        table.add_column(column, justify=justify)
+    for m in range(r.report.n_bins):
+        opening = "[" if m == 0 else "("
+        gap = bins.gap[m]
+        table.add_row(f"{opening}{bins.lower[m]:.3f}, {bins.upper[m]:.3f}]", f"{bins.count[m]:,}",
+                      _percent(bins.mean_confidence[m]), _percent(bins.accuracy[m]),
+                      f"{gap:+.4f}" if math.isfinite(gap) else _MISSING)
+    return table
 
 
 def _provenance(r: EceResult) -> str:
@@ -82,24 +341,157 @@ def _provenance(r: EceResult) -> str:
             parts.append("cached outputs")
         elif meta.get("seconds") is not None:
             parts.append(f"{meta['seconds']:.2f} s")
+    if r.temperature is not None:
+        parts.append(f"logits / T, T = {r.temperature['value']:.4g}")
     return " · ".join(parts)
 
 
-def print_tables(results: list[EceResult], *, written: list[Path] | None = None) -> None:
+def print_tables(results: list[EceResult], *, written: list[Path] | None = None, show_all: bool = False,
+                 gate: Gate | None = None) -> None:
     from rich.console import Console
-
-    from calibscope.render.table import bins_table, calibration_table, comparison_table
+    from rich.table import Table
 
     console = Console()
     if len(results) == 1:
         r = results[0]
-        console.print(calibration_table(r.report, title=r.name))
-        console.print(f"  [dim]{_provenance(r)}[/dim]")
-        console.print(bins_table(r.report))
+        table = Table(title=f"{r.name}  ({_provenance(r)})", title_justify="left", header_style="bold")
+        table.add_column("Metric")
+        table.add_column("Value", justify="right")
+        for label, value in _rows(r, show_all):
+            table.add_row(label, value)
+        console.print(table)
+        console.print(_bins_table(r))
     else:
-        console.print(comparison_table({r.name: r.report for r in results},
-                                       title=f"Calibration, {results[0].report.n_bins} bins"))
+        table = Table(title=f"Calibration, {results[0].report.n_bins} bins", title_justify="left",
+                      header_style="bold")
+        table.add_column("Metric")
+        for r in results:
+            table.add_column(r.name, justify="right")
+        columns = [dict(_rows(r, show_all)) for r in results]
+        labels: list[str] = []
+        for column in columns:
+            labels += [label for label in column if label not in labels]
+        if len({r.report.n_bins for r in results}) > 1:
+            console.print("[bold red]warning:[/bold red] the checkpoints were binned differently")
+        for label in labels:
+            table.add_row(label, *(column.get(label, _MISSING) for column in columns))
+        console.print(table)
         for r in results:
             console.print(f"  [dim]{r.name}: {_provenance(r)}[/dim]")
+    for r in results:
+        for note in r.notes:
+            console.print(f"[yellow]note:[/yellow] {r.name}: {note}")
+    if results and results[0].metrics is not None:
+        console.print(f"  [dim]◆ gated / reported as `ece`; definitions of every number: --json "
+                      f"(results[].metrics[].definition){'' if show_all else '; --all for ACE, SCE, smooth ECE, ℓ2'}"
+                      "[/dim]")
+    if gate is not None and gate.active:
+        verdict = "[green]passed[/green]" if gate.passed else "[bold red]FAILED[/bold red]"
+        console.print(f"Gate {verdict}: " + "; ".join(c.message for c in gate.checks))
     if written:
         console.print(f"[dim]wrote {len(written)} files to {written[0].parent}/[/dim]")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the baseline of --baseline
+# --------------------------------------------------------------------------------------------------------
+
+_COMPARABLE_KEYS = ("binning", "n_bins", "edges", "norm", "calibration", "debiased")
+_LABELS = {"ece": "ECE", "ece_l2": "ECE l2", "mce": "MCE"}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An earlier ``calibscope/ece`` document, read by :func:`read_baseline`."""
+
+    path: Path
+    entries: tuple[dict[str, Any], ...]
+
+    def _entry(self, name: str, n_results: int) -> dict[str, Any]:
+        from calibscope.errors import InputError
+
+        for entry in self.entries:
+            if entry.get("name") == name:
+                return entry
+        if len(self.entries) == 1 and n_results == 1:
+            return self.entries[0]
+        names = ", ".join(str(e.get("name")) for e in self.entries) or "none"
+        raise InputError(f"the baseline '{self.path}' has no result named '{name}' (it has: {names}); give the "
+                         "checkpoints the same file names as in the baseline run")
+
+    def _value(self, entry: dict[str, Any], headline: str) -> tuple[float, dict[str, Any]]:
+        from calibscope.errors import InputError
+
+        metrics = entry.get("metrics")
+        if isinstance(metrics, dict) and isinstance(metrics.get(headline), dict):
+            metric = metrics[headline]
+            return metric.get("value"), metric.get("definition") or {}
+        definition = entry.get("definition") if isinstance(entry.get("definition"), dict) else {}
+        norm = {"ece": "l1", "ece_l2": "l2", "mce": "max"}[headline]
+        if headline == "mce" and "mce" in entry:
+            return entry["mce"], {**definition, "norm": "max"}
+        if definition.get("norm", "l1") == norm and "ece" in entry:
+            return entry["ece"], definition
+        raise InputError(f"the baseline '{self.path}' holds no {_LABELS[headline]} for '{entry.get('name')}'; "
+                         "re-create it with this version of calibscope and the same --norm")
+
+    def compare(self, r: EceResult, *, n_results: int) -> EceResult:
+        """``r`` with ``baseline`` filled in; raises InputError when the two numbers are not comparable."""
+        import dataclasses
+
+        from calibscope.errors import InputError
+
+        entry = self._entry(r.name, n_results)
+        value, theirs = self._value(entry, r.headline)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise InputError(f"the baseline '{self.path}' has no number for {_LABELS[r.headline]} of "
+                             f"'{entry.get('name')}' (got {value!r})")
+        ours = r.metrics[r.headline].definition if r.metrics is not None else {}
+        differ = [f"{key} {theirs[key]!r} there, {ours[key]!r} here" for key in _COMPARABLE_KEYS
+                  if key in theirs and key in ours and theirs[key] != ours[key]]
+        if differ:
+            raise InputError(f"the baseline '{self.path}' computed {_LABELS[r.headline]} differently ("
+                             + "; ".join(differ) + "): the numbers are not comparable; re-run the baseline with "
+                             "the same --bins and --norm")
+        warnings = list(r.warnings)
+        n_there = entry.get("n")
+        if isinstance(n_there, int) and n_there != r.report.n:
+            warnings.append(f"the baseline was measured on {n_there} examples, this run on {r.report.n}: "
+                            "different evaluation data?")
+        t_there = (entry.get("temperature") or {}).get("value") if isinstance(entry.get("temperature"), dict) else None
+        t_here = None if r.temperature is None else r.temperature["value"]
+        if t_there != t_here:
+            warnings.append(f"the baseline used temperature {t_there}, this run {t_here}")
+        info = {"path": str(self.path), "name": entry.get("name"), "value": float(value),
+                "delta": r.value - float(value), "n": n_there}
+        return dataclasses.replace(r, baseline=info, warnings=tuple(warnings))
+
+
+def read_baseline(path: Path) -> Baseline:
+    """Read an earlier ``calibscope ece --json`` document (``--baseline``); InputError with the reason if it
+    cannot be used."""
+    import json
+
+    from calibscope.errors import InputError
+    from calibscope.render.json_doc import SCHEMA_VERSION
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"baseline '{path}' not found (create it with `calibscope ece ... --json > {path}` on "
+                         "the reference model)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the baseline '{path}': {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the baseline '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "calibscope/ece":
+        schema = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(f"the baseline '{path}' is not a `calibscope ece --json` document (schema {schema!r})")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(f"the baseline '{path}' has schema_version {version!r}; this calibscope reads up to "
+                         f"{SCHEMA_VERSION}")
+    results = doc.get("results")
+    if not isinstance(results, list) or not all(isinstance(e, dict) for e in results) or not results:
+        raise InputError(f"the baseline '{path}' holds no results")
+    return Baseline(Path(path), tuple(results))
