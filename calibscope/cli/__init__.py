@@ -47,7 +47,7 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import ece, hessian, mi, ood, project, selective, temperature
+    from calibscope.cli import ece, hessian, mi, ood, project, report, selective, temperature
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
@@ -56,6 +56,8 @@ def _register() -> None:
     app.command(name="selective", no_args_is_help=True)(selective.selective)
     app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
     app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
+    app.command(name="report", no_args_is_help=True)(report.report)
+    app.command(name="compare", no_args_is_help=True)(report.compare)
 
 
 _register()
