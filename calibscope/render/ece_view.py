@@ -354,12 +354,13 @@ def print_tables(results: list[EceResult], *, written: list[Path] | None = None,
     console = Console()
     if len(results) == 1:
         r = results[0]
-        table = Table(title=f"{r.name}  ({_provenance(r)})", title_justify="left", header_style="bold")
+        table = Table(title=r.name, title_justify="left", header_style="bold")
         table.add_column("Metric")
         table.add_column("Value", justify="right")
         for label, value in _rows(r, show_all):
             table.add_row(label, value)
         console.print(table)
+        console.print(f"  [dim]{_provenance(r)}[/dim]")
         console.print(_bins_table(r))
     else:
         table = Table(title=f"Calibration, {results[0].report.n_bins} bins", title_justify="left",
