@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from _shared import devices
 
 from calibscope.diagnostics.calibration import expected_calibration_error
 
@@ -91,13 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
-    for name in devices:
-        if name == "cuda" and not torch.cuda.is_available():
-            print("--- cuda: not available, skipped")
-            continue
-        run(torch.device(name), args.n or (4_000_000 if name == "cuda" else 500_000), args.k, args.repeats)
-
+    for device in devices(args.device):
+        run(device, args.n or (4_000_000 if device.type == "cuda" else 500_000), args.k, args.repeats)
 
 if __name__ == "__main__":
     main()

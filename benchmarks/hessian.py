@@ -25,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from _shared import ResNet18
 
 from calibscope.diagnostics.hessian import (
     HessianOperator,
@@ -33,39 +33,6 @@ from calibscope.diagnostics.hessian import (
     select_parameters,
     top_hessian_eigenvalues,
 )
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
-
-    def forward(self, x):
-        y = F.relu(self.b1(self.c1(x)))
-        return F.relu(self.b2(self.c2(y)) + self.skip(x))
-
-
-class ResNet18(nn.Module):
-    """CIFAR ResNet-18 (He et al. 2016 layout, 3×3 stem): widths w, 2w, 4w, 8w; 11.2 M parameters at w = 64."""
-
-    def __init__(self, num_classes: int = 10, width: int = 64):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        layers, cin = [], w
-        for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
-            layers += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
 
 
 def _sync(device):

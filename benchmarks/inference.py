@@ -15,43 +15,9 @@ import argparse
 import time
 
 import torch
-from torch import nn
+from _shared import ResNet18
 
 from calibscope.inference.engine import InferenceOptions, run_inference
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
-
-    def forward(self, x):
-        y = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(y)) + self.skip(x))
-
-
-class ResNetSmall(nn.Module):
-    """CIFAR-style ResNet: widths (w, 2w, 4w, 8w), two basic blocks per stage (ResNet-18 layout at w=64)."""
-
-    def __init__(self, num_classes: int = 10, width: int = 64):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        layers, cin = [], w
-        for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
-            layers += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
-
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
@@ -92,8 +58,8 @@ def bench(device: torch.device, n: int, batch_size: int, width: int, precision: 
         model = torchvision.models.resnet18(num_classes=10)
         name = "torchvision resnet18"
     else:
-        model = ResNetSmall(width=width)
-        name = f"ResNetSmall(width={width})"
+        model = ResNet18(width=width)
+        name = f"ResNet18(width={width})"
     model = model.eval().to(device)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

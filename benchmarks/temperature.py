@@ -19,6 +19,7 @@ import os
 import time
 
 import torch
+from _shared import devices
 from scipy.optimize import minimize_scalar
 
 from calibscope.diagnostics.temperature import fit_temperature
@@ -110,13 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
-    for name in devices:
-        if name == "cuda" and not torch.cuda.is_available():
-            print("--- cuda: not available, skipped")
-            continue
-        run(torch.device(name), args.n or (1_000_000 if name == "cuda" else 100_000), args.k, args.t_true)
-
+    for device in devices(args.device):
+        run(device, args.n or (1_000_000 if device.type == "cuda" else 100_000), args.k, args.t_true)
 
 if __name__ == "__main__":
     main()
