@@ -52,3 +52,27 @@ def as_logits(out, batch: int) -> torch.Tensor:
         raise InputError(f"the model returned shape {tuple(out.shape)} for a batch of {batch}; expected "
                          f"[{batch}, num_classes] logits (is the input shape or normalisation right?)")
     return out
+
+
+def contiguous_shard(n: int, index: int, count: int, *, unit: int = 1) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of part ``index`` of ``count`` contiguous parts of ``range(n)``.
+
+    The parts cover every row exactly once (no padding, no duplicates, unlike ``DistributedSampler``'s
+    default) and are as equal as possible: with ``q, r = divmod(ceil(n / unit), count)`` the first ``r``
+    parts hold ``q + 1`` blocks of ``unit`` rows, the others ``q`` (the last block may be short). ``unit``
+    keeps boundaries on multiples of a batch size where batches change the numbers (BatchNorm in train mode).
+
+    Example::
+
+        >>> [contiguous_shard(5, i, 2) for i in range(2)]
+        [(0, 3), (3, 5)]
+    """
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"Expected part `index` in [0, {count}) of `count` ≥ 1 parts, but got {index} of {count}")
+    if unit < 1:
+        raise InputError(f"Expected argument `unit` to be an integer larger than 0, but got {unit}")
+    blocks = -(-n // unit)
+    q, r = divmod(blocks, count)
+    first = index * q + min(index, r)
+    last = first + q + (1 if index < r else 0)
+    return min(n, first * unit), min(n, last * unit)

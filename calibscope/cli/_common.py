@@ -45,7 +45,12 @@ def echo_err(message: str) -> None:
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Map calibscope's typed errors to exit codes: InputError → 2, GateFailed → 1, anything else → 3."""
+    """Map calibscope's typed errors to exit codes: InputError → 2, GateFailed → 1, anything else → 3.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it also joins the process group, runs the command on every rank
+    with stdout, stderr and file writes silenced on all ranks but 0, and at the end settles the ranks'
+    outcomes: every rank exits with the first failing rank's code, and rank 0 prints that rank's message.
+    """
     import warnings
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -55,6 +60,10 @@ def cli_errors() -> Iterator[None]:
     if not STATE["debug"]:
         warnings.showwarning = one_line_warning
     try:
+        if _launched_by_torchrun():
+            with _distributed_errors():
+                yield
+            return
         yield
     except typer.Exit:
         raise
@@ -76,6 +85,89 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(3) from None
     finally:
         warnings.showwarning = previous
+
+
+def _launched_by_torchrun() -> bool:
+    from calibscope.inference.distributed import launched_by_torchrun
+
+    return launched_by_torchrun()
+
+
+def _classify(exc: BaseException) -> tuple[int, str, str]:
+    """(exit code, kind, one-line message) of an exception that ended a command."""
+    if isinstance(exc, typer.Exit):
+        return int(exc.exit_code or 0), "exit", ""
+    if isinstance(exc, InputError):
+        return 2, "error", _one_line(exc)
+    if isinstance(exc, GateFailed):
+        return 1, "gate failed", _one_line(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted", ""
+    return 3, "internal error", f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)"
+
+
+@contextlib.contextmanager
+def _distributed_errors() -> Iterator[None]:
+    """One rank of a ``torchrun`` job: see :func:`cli_errors`."""
+    from calibscope.inference import distributed
+
+    joined_before = distributed.current() is not None  # e.g. a script running several commands in one group
+    try:
+        group = distributed.init_from_environment()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rendezvous failures: one line, not a traceback
+        raise InputError(f"could not join the torchrun process group ({type(exc).__name__}: "
+                         f"{_one_line(exc)})") from None
+    rank = group.rank
+    error: BaseException | None = None
+    failure = None
+    try:
+        try:
+            with _silenced(not group.is_main):
+                yield
+        except distributed.RankFailed as exc:  # another rank failed first: every rank already knows
+            failure = exc.failure
+        except BaseException as exc:  # noqa: BLE001 - settled with the other ranks below
+            code, kind, message = _classify(exc)
+            if code != 0:
+                error = exc
+                failure = distributed.Failure(group.rank, code, kind, message)
+        if not isinstance(error, KeyboardInterrupt) and not (failure is not None and failure.rank != group.rank):
+            try:
+                failure = group.settle(failure)
+            except Exception as exc:  # noqa: BLE001 - the group itself broke (a rank died): say so locally
+                failure = failure or distributed.Failure(group.rank, 3, "internal error",
+                                                         f"the ranks lost contact ({_one_line(exc)})")
+                group = None
+    finally:
+        if group is not None and not joined_before:
+            distributed.shutdown()
+    if failure is None:
+        return
+    own = error is not None and failure.rank == rank
+    if STATE["debug"] and own:
+        raise error
+    if group is None or group.is_main:
+        where = "" if failure.rank == rank else f"rank {failure.rank}: "
+        if failure.kind == "interrupted":
+            echo_err("interrupted")
+        elif failure.message:
+            echo_err(f"{failure.kind}: {where}{failure.message}")
+    raise typer.Exit(failure.exit_code)
+
+
+@contextlib.contextmanager
+def _silenced(silent: bool) -> Iterator[None]:
+    """stdout, stderr and atomic file writes thrown away (ranks other than 0)."""
+    if not silent:
+        yield
+        return
+    from calibscope.render.atomic import discarding_writes
+
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            discarding_writes():
+        yield
 
 
 def _one_line(exc: BaseException) -> str:
@@ -189,6 +281,49 @@ class ModelInputs:
                 checkpoint, logits=checkpoint.logits[: self.limit],
                 labels=None if checkpoint.labels is None else checkpoint.labels[: self.limit])
         return compute_outputs(checkpoint, dataset, self.options, use_cache=self.use_cache), checkpoint
+
+    def output_shard(self, checkpoint_path: Path):
+        """(OutputShard, checkpoint): this process's rows of the outputs (all rows for one process).
+
+        A logits file whose logits are big (≥ ``$CALIBSCOPE_STREAM_MIN_BYTES``, default 256 MiB), or any size
+        under ``torchrun``, is read by rows from disk when its format allows (``.npy``, ``numpy.savez``
+        ``.npz``, safetensors), so memory stays bounded whatever the file's size.
+        """
+        from calibscope.inference import distributed
+        from calibscope.inference.pipeline import output_shard
+        from calibscope.loading.checkpoint import load_checkpoint, open_logits_rows
+        from calibscope.loading.types import LogitsCheckpoint, LogitsRows
+
+        threshold = 0 if distributed.current() is not None else _stream_min_bytes()
+        checkpoint = open_logits_rows(checkpoint_path, min_bytes=threshold)
+        if checkpoint is None:
+            checkpoint = load_checkpoint(checkpoint_path, arch=self.arch, arch_kwargs=self.arch_kwargs,
+                                         trust=self.trust)
+        has_labels = isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)) and checkpoint.labels is not None
+        if not has_labels and self.data_path is None:
+            raise no_data_error(checkpoint_path)
+        dataset = self.dataset if (not has_labels or self.data_path is not None) else None
+        if self.limit is not None:
+            import dataclasses
+
+            if isinstance(checkpoint, LogitsRows):
+                checkpoint = dataclasses.replace(checkpoint, limit=self.limit)
+            elif isinstance(checkpoint, LogitsCheckpoint):
+                checkpoint = dataclasses.replace(
+                    checkpoint, logits=checkpoint.logits[: self.limit],
+                    labels=None if checkpoint.labels is None else checkpoint.labels[: self.limit])
+        return output_shard(checkpoint, dataset, self.options, use_cache=self.use_cache), checkpoint
+
+
+STREAM_MIN_BYTES_ENV = "CALIBSCOPE_STREAM_MIN_BYTES"
+
+
+def _stream_min_bytes() -> int:
+    text = os.environ.get(STREAM_MIN_BYTES_ENV, "").strip()
+    try:
+        return int(text) if text else 256 << 20
+    except ValueError:
+        raise InputError(f"{STREAM_MIN_BYTES_ENV} must be a number of bytes, got '{text}'") from None
 
 
 def _tuple(value):

@@ -78,9 +78,10 @@ def ece(
     """
     with cli_errors():
         from calibscope.cli._common import ModelInputs, display_names, echo_err, pick, project_defaults
-        from calibscope.diagnostics.calibration import calibration_metrics
+        from calibscope.diagnostics.calibration import calibration_metrics, streamed_calibration_metrics
         from calibscope.diagnostics.temperature import apply_temperature
         from calibscope.errors import GateFailed, InputError
+        from calibscope.inference import distributed
         from calibscope.render import ece_view, temperature_view
 
         defaults = project_defaults()
@@ -111,19 +112,32 @@ def ece(
                              batch_size=batch_size, mean=mean, std=std, no_cache=no_cache, defaults=defaults)
         headline = ece_view.HEADLINE[norm_]
         results = []
+        group = distributed.current()
         for name, path in zip(display_names(checkpoints), checkpoints, strict=True):
-            outputs, checkpoint = inputs.outputs(path)
-            logits, warnings = outputs.logits, []
-            temperature_info = None
+            warnings, temperature_info = [], None
             if fixed_t is not None:
-                logits = apply_temperature(logits, fixed_t.value)
                 temperature_info = fixed_t.describe()
-                warnings += fixed_t.warnings_for(outputs.meta)
-            metrics = calibration_metrics(logits, outputs.labels, n_bins=n_bins, bootstrap=bootstrap, seed=seed)
+            if bootstrap:  # resampling needs every example in one place (gathered on every rank under torchrun)
+                outputs, checkpoint = inputs.outputs(path)
+                meta, logits = outputs.meta, outputs.logits
+                if fixed_t is not None:
+                    logits = apply_temperature(logits, fixed_t.value)
+                metrics = calibration_metrics(logits, outputs.labels, n_bins=n_bins, bootstrap=bootstrap, seed=seed)
+            else:  # sufficient statistics chunk by chunk (and rank by rank): the logits are never all in one place
+                shard, checkpoint = inputs.output_shard(path)
+                meta = shard.meta
+                chunks = shard.chunks() if fixed_t is None else (
+                    (apply_temperature(z, fixed_t.value), y) for z, y in shard.chunks())
+                metrics = streamed_calibration_metrics(
+                    chunks, num_classes=shard.num_classes, n_bins=n_bins, num_examples=len(shard),
+                    reduce=None if group is None else group.all_reduce_sum,
+                    gather=None if group is None else group.all_gather_rows)
+            if fixed_t is not None:
+                warnings += fixed_t.warnings_for(meta)
             if temperature_info is not None:
                 for m in metrics.metrics.values():
                     m.definition["logits"] = f"divided by the temperature T = {fixed_t.value!r} before the softmax"
-            result = ece_view.EceResult(name, path, checkpoint.format, metrics.report, outputs.meta,
+            result = ece_view.EceResult(name, path, checkpoint.format, metrics.report, meta,
                                         metrics=metrics, headline=headline, temperature=temperature_info,
                                         warnings=tuple(warnings), notes=metrics.warnings)
             if base is not None:

@@ -73,6 +73,7 @@ def hessian(
         from calibscope.cli._common import ModelInputs, display_names, no_data_error, project_defaults
         from calibscope.diagnostics import hessian as hs
         from calibscope.errors import InputError
+        from calibscope.inference import distributed
         from calibscope.inference.device import resolve_device
         from calibscope.loading.checkpoint import load_checkpoint
         from calibscope.loading.types import LogitsCheckpoint
@@ -90,6 +91,9 @@ def hessian(
         target = resolve_device(inputs.options.device)
         options = dict(top=top, tol=tol, examples=examples, seed=seed, params=params, bn=bn, batch_size=bs,
                        max_hvp=max_hvp, trace_samples=trace_samples, per_layer=per_layer, density=density)
+        group = distributed.current()
+        if group is not None:  # under torchrun: each rank a part of the subset, products summed over ranks
+            options.update(part=(group.rank, group.world_size), reduce=group.all_reduce_sum)
 
         results = []
         for name, path in zip(display_names(checkpoints), checkpoints, strict=True):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +65,7 @@ __all__ = [
     "expected_calibration_error",
     "metric_definitions",
     "smooth_calibration_error",
+    "streamed_calibration_metrics",
     "summarize",
 ]
 
@@ -757,6 +759,31 @@ class CalibrationSums:
             return self
         return NotImplemented
 
+    def to_tensor(self) -> torch.Tensor:
+        """Flat float64 vector ``[3M + 4 + 3KM + G + 1]`` (top, classwise count / probability / label, smooth
+        grid), e.g. for ``torch.distributed.all_reduce``; :meth:`from_tensor` inverts it."""
+        return torch.cat([self.top.to_tensor(), self.classwise_count.flatten(),
+                          self.classwise_sum_probability.flatten(), self.classwise_sum_label.flatten(),
+                          self.smooth_residual.to(_F64)])
+
+    @classmethod
+    def from_tensor(cls, vector: torch.Tensor, *, num_classes: int, n_bins: int, smooth_grid: int) -> CalibrationSums:
+        """Inverse of :meth:`to_tensor`."""
+        _validate_tensor(vector, "vector")
+        top, km = 3 * n_bins + 4, num_classes * n_bins
+        if vector.ndim != 1 or vector.shape[0] != top + 3 * km + smooth_grid + 1:
+            raise InputError(f"Expected a 1-D vector of length {top + 3 * km + smooth_grid + 1} (n_bins {n_bins}, "
+                             f"num_classes {num_classes}, smooth_grid {smooth_grid}), but got shape "
+                             f"{tuple(vector.shape)}")
+        parts = vector.to(_F64).split([top, km, km, km, smooth_grid + 1])
+        return cls(
+            top=CalibrationStats.from_tensor(parts[0], num_classes=num_classes),
+            classwise_count=parts[1].reshape(num_classes, n_bins).clone(),
+            classwise_sum_probability=parts[2].reshape(num_classes, n_bins).clone(),
+            classwise_sum_label=parts[3].reshape(num_classes, n_bins).clone(),
+            smooth_residual=parts[4].clone(),
+        )
+
 
 def _splat(position: torch.Tensor, values: torch.Tensor, grid: int) -> torch.Tensor:
     """Linear splatting of ``values`` at ``position`` ∈ [0, 1] (both ``[..., n]``) onto the ``grid + 1``
@@ -1294,6 +1321,98 @@ def calibration_metrics(
     warning = _small_bin_warning(sums.top.bins, int(min_bin_count))
     return CalibrationMetrics(n=n, num_classes=int(logits.shape[1]), n_bins=n_bins, metrics=metrics,
                               report=summarize(sums.top), warnings=(warning,) if warning else ())
+
+
+def streamed_calibration_metrics(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    n_bins: int = 15,
+    min_bin_count: int = MIN_BIN_COUNT,
+    smooth_grid: int = SMOOTH_GRID,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    num_examples: int | None = None,
+) -> CalibrationMetrics:
+    r""":func:`calibration_metrics` (without bootstrap) of examples that arrive in batches and are never all
+    held at once: a logits file read chunk by chunk, or the shards of ``torchrun`` ranks.
+
+    Each batch ``(logits [b, K], labels [b])`` adds its :class:`CalibrationSums` and is dropped; ACE's
+    equal-mass bins need the order of all confidences, so each example's top-label confidence and correctness
+    are kept (9 bytes). Across processes, ``reduce`` sums a float64 vector over them (e.g. an ``all_reduce``)
+    and ``gather`` concatenates per-example tensors in process order (e.g. an ``all_gather``); every process
+    then returns the metrics of all the examples. Equal to :func:`calibration_metrics` of the concatenated
+    batches up to float64 summation order (exactly, in one process, with batches of ``2²² // K`` rows).
+
+    Args:
+        batches: ``(logits, labels)`` pairs; none at all on a process that holds no examples.
+        num_classes: K (needed by a process with no batches; every batch must have K columns).
+        n_bins, min_bin_count, smooth_grid: as for :func:`calibration_metrics`.
+        num_examples: how many examples the batches hold here, if known: the per-example buffers are then
+            allocated once (memory stays flat over thousands of batches), else they grow geometrically.
+
+    Example:
+        >>> z = 3 * torch.randn(10_000, 10, generator=torch.Generator().manual_seed(0))
+        >>> y = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(1))
+        >>> m = streamed_calibration_metrics(zip(z.split(1000), y.split(1000), strict=True), num_classes=10)
+        >>> abs(m.value("ece") - calibration_metrics(z, y).value("ece")) < 1e-12
+        True
+    """
+    n_bins = _validate_n_bins(n_bins)
+    grid = _validate_grid_size(smooth_grid)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise InputError(f"Expected argument `num_classes` to be an integer of at least 2, but got {num_classes!r}")
+    if isinstance(min_bin_count, bool) or not isinstance(min_bin_count, numbers.Integral) or min_bin_count < 0:
+        raise InputError(f"Expected argument `min_bin_count` to be an integer of at least 0, but got {min_bin_count!r}")
+    k = int(num_classes)
+    # Accumulated in place, in buffers allocated once (or grown geometrically): a fresh tensor kept per batch
+    # would be scattered between the batches' freed temporaries and fragment the heap batch after batch.
+    vector: torch.Tensor | None = None
+    confidence = correct = None
+    filled = 0
+    for logits, labels in batches:
+        _validate_logits_labels(logits, labels)
+        if logits.shape[1] != k:
+            raise InputError(f"Expected batches with {k} classes, but got logits of shape {tuple(logits.shape)}")
+        b = int(logits.shape[0])
+        if b == 0:
+            continue
+        sums, conf, right = _calibration_sums_with_top(logits, labels, n_bins, grid)
+        if vector is None:
+            vector = sums.to_tensor()
+        else:
+            vector += sums.to_tensor()
+        if confidence is None or filled + b > confidence.shape[0]:
+            capacity = max(filled + b, num_examples or 0, 2 * (0 if confidence is None else confidence.shape[0]),
+                           1 << 16)
+            grown_conf = torch.empty(capacity, dtype=_F64, device=conf.device)
+            grown_right = torch.empty(capacity, dtype=torch.bool, device=conf.device)
+            if confidence is not None:
+                grown_conf[:filled] = confidence[:filled]
+                grown_right[:filled] = correct[:filled]
+            confidence, correct = grown_conf, grown_right
+        confidence[filled:filled + b] = conf
+        correct[filled:filled + b] = right
+        filled += b
+    if vector is None:
+        vector = torch.zeros(3 * n_bins + 4 + 3 * k * n_bins + grid + 1, dtype=_F64)
+        confidence, correct = torch.zeros(0, dtype=_F64), torch.zeros(0, dtype=torch.bool)
+    confidence, correct = confidence[:filled], correct[:filled]
+    if reduce is not None:
+        vector = reduce(vector)
+    if gather is not None:
+        confidence = gather(confidence)
+        correct = gather(correct.to(torch.uint8)).to(torch.bool)
+    sums = CalibrationSums.from_tensor(vector, num_classes=k, n_bins=n_bins, smooth_grid=grid)
+    n = sums.n
+    if n == 0:
+        raise InputError("Expected at least one example, but got N = 0")
+    point = _family_values(sums, _adaptive_bins(confidence, correct, n_bins))
+    definitions = metric_definitions(n, n_bins, k, grid, point["smooth_ece_bandwidth"])
+    metrics = {name: CalibrationMetric(name, point[name], definitions[name]) for name in ALL_METRICS}
+    warning = _small_bin_warning(sums.top.bins, int(min_bin_count))
+    return CalibrationMetrics(n=n, num_classes=k, n_bins=n_bins, metrics=metrics, report=summarize(sums.top),
+                              warnings=(warning,) if warning else ())
 
 
 def adaptive_calibration_error(logits: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15) -> float:

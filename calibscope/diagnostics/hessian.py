@@ -24,6 +24,13 @@ Also: Hutchinson's trace estimate :math:`\\operatorname{tr} H \\approx \\frac1S 
 (Ghorbani, Krishnan & Xiao 2019); the top eigenvalue of each layer's diagonal block; reruns on disjoint
 subsets.
 
+Across processes (``torchrun``): each process passes ``part=(rank, world_size)`` and a ``reduce`` that sums a
+tensor over the processes (e.g. ``torch.distributed.all_reduce``). Each takes a contiguous part of the subset,
+its batches sum :math:`\\frac{1}{N}\\sum_{i} \\operatorname{CE}_i` with the subset's N (so the sum of the parts
+is the loss of the whole subset: sample-weighted, not a mean of means), and every Hessian-vector product,
+gradient and loss is summed by ``reduce`` before use. The Lanczos recurrence then runs identically on every
+process (same seed, same reduced products) and gives the one-process eigenvalues.
+
 Published reference points (Foret et al. 2021, WRN without BatchNorm): :math:`\\lambda_1` 24.2 with SGD vs
 1.0 with SAM, :math:`\\lambda_1/\\lambda_5` 11.4 vs 2.6.
 
@@ -49,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibscope.conventions import as_logits, input_normaliser
+from calibscope.conventions import as_logits, contiguous_shard, input_normaliser
 from calibscope.errors import InputError
 
 __all__ = [
@@ -120,6 +127,7 @@ class HessianSettings:
     batch_size: int
     hvp_method: str  # "double-backward" or "forward-over-reverse"
     device: str
+    processes: int = 1  # processes that shared the examples (torchrun ranks)
     loss: str = "mean cross-entropy"
     start_vector: str = "standard normal from torch.Generator(cpu).manual_seed(seed), normalised"
 
@@ -408,6 +416,10 @@ class HessianOperator:
     which manages it); ``inputs`` stay where they are and travel to the device batch by batch, uint8
     images becoming ``x/255`` and then ``(x − mean)/std`` (the inference engine's convention).
     :attr:`n_hvp` counts the products computed.
+
+    Across processes: ``inputs`` are this process's part of the examples, ``total`` the number of examples
+    in all parts (the N of the mean) and ``reduce`` sums a tensor over the processes; every product,
+    gradient and loss is then that of the whole set, on every process.
     """
 
     def __init__(
@@ -422,6 +434,8 @@ class HessianOperator:
         std: Sequence[float] | None = None,
         method: HvpMethod = "auto",
         resize_batches: bool = True,
+        total: int | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.model = model
         self.names = tuple(n for n, _ in parameters)
@@ -438,6 +452,8 @@ class HessianOperator:
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
         self.n = int(inputs.shape[0])
+        self.total = self.n if total is None else int(total)
+        self.reduce = reduce
         self.batch_size = batch_size
         self.resize_batches = resize_batches
         self.n_hvp = 0
@@ -455,7 +471,7 @@ class HessianOperator:
 
     def _loss_sum(self, logits, y: torch.Tensor) -> torch.Tensor:
         logits = as_logits(logits, y.shape[0])
-        return F.cross_entropy(logits.to(self.dtype), y, reduction="sum") / self.n
+        return F.cross_entropy(logits.to(self.dtype), y, reduction="sum") / self.total
 
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
         return [part.view(shape) for part, shape in zip(v.split(self.sizes), self.shapes, strict=True)]
@@ -466,13 +482,14 @@ class HessianOperator:
             for t, s in zip(parts, self.sizes, strict=True)])
 
     def _accumulate(self, per_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Σ over batches of ``per_batch(x, y)``; on CUDA out-of-memory halve the batch and start over."""
+        """Σ over batches (and processes) of ``per_batch(x, y)``; on CUDA out-of-memory halve the batch and
+        start over."""
         while True:
             try:
                 total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
                 for x, y in self._batches():
                     total += per_batch(x, y)
-                return total
+                return total if self.reduce is None else self.reduce(total)
             except RuntimeError as exc:
                 if not (self.device.type == "cuda" and _is_oom(exc)) or self.batch_size == 1:
                     raise
@@ -522,7 +539,10 @@ class HessianOperator:
     def _choose_method(self, method: HvpMethod) -> str:
         """Probe the first batch: double backward if it works; else double backward with fused attention
         kernels (no double backward) replaced by the composite "math" attention; else ``torch.func``
-        forward-over-reverse; else a clear error."""
+        forward-over-reverse; else a clear error. A process with no examples has nothing to probe (its
+        products are zero): it takes ``double-backward``, or the method asked for."""
+        if self.n == 0:
+            return "double-backward" if method == "auto" else method
         while True:
             try:
                 return self._probe(method)
@@ -587,11 +607,11 @@ class HessianOperator:
 
     def loss(self) -> float:
         """L(θ): the mean cross-entropy over all examples."""
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64)
         with torch.no_grad():
             for x, y in self._batches():
                 total += float(self._loss_sum(self.model(x), y))
-        return total
+        return float(total if self.reduce is None else self.reduce(total))
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ) as a flat vector."""
@@ -851,6 +871,8 @@ def top_hessian_eigenvalues(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     hvp_method: HvpMethod = "auto",
+    part: tuple[int, int] = (0, 1),
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> HessianSpectrum:
     """λ1 ≥ … ≥ λ_top of the Hessian of the mean cross-entropy on a seeded subset, with residual bounds.
 
@@ -870,6 +892,9 @@ def top_hessian_eigenvalues(
         per_layer: also the top eigenvalue of each layer's diagonal block.
         density: also the spectral density by stochastic Lanczos quadrature.
         mean, std: per-channel normalisation after uint8 → [0, 1], as in inference.
+        part, reduce: across processes, ``(index, count)`` — this process takes the index-th of ``count``
+            contiguous parts of the subset (whole batches when ``bn="train"``) — and the function that sums a
+            tensor over the processes (e.g. an ``all_reduce``); every process gets the same result.
 
     Returns:
         :class:`HessianSpectrum`; ``eigenvalues`` descending, ``ratio`` = λ1/λ_top.
@@ -888,13 +913,18 @@ def top_hessian_eigenvalues(
     if top > n_params:
         raise InputError(f"--top {top} is larger than the number of chosen parameters ({n_params}); "
                          f"ask for at most {n_params}")
+    if (reduce is None) != (tuple(part) == (0, 1)):
+        raise InputError("Expected `part` and `reduce` together: a process that takes part of the examples must "
+                         "sum its products with the others'")
     indices = hessian_subsets(int(inputs.shape[0]), examples=examples, repeats=repeats, seed=seed)[subset]
-    sub_inputs = inputs[indices.to(inputs.device)]
-    sub_labels = labels[indices.to(labels.device)]
+    start, stop = contiguous_shard(int(indices.numel()), *part, unit=batch_size if bn == "train" else 1)
+    sub_inputs = inputs[indices[start:stop].to(inputs.device)]
+    sub_labels = labels[indices[start:stop].to(labels.device)]
 
     with _tf32_off(), _model_mode(model, bn) as has_bn:
         op = HessianOperator(model, sub_inputs, sub_labels, parameters=chosen, batch_size=batch_size, mean=mean,
-                             std=std, method=hvp_method, resize_batches=not (bn == "train" and has_bn))
+                             std=std, method=hvp_method, resize_batches=not (bn == "train" and has_bn),
+                             total=int(indices.numel()), reduce=reduce)
         device, dtype = op.device, op.dtype
         _sync(device)
         t0 = time.perf_counter()
@@ -919,7 +949,7 @@ def top_hessian_eigenvalues(
         dataset_size=int(inputs.shape[0]), seed=seed, subset=subset, subset_sha256=_subset_sha256(indices), bn=bn,
         has_batchnorm=has_bn, dtype=str(dtype).removeprefix("torch."), tf32=False, params=params,
         parameter_names=op.names, n_params=op.dim, batch_size=op.batch_size, hvp_method=op.method,
-        device=str(device))
+        device=str(device), processes=int(part[1]))
     return HessianSpectrum(eigenvalues=eig.eigenvalues, residuals=eig.residuals, converged=eig.converged,
                            n_hvp=eig.n_matvec, seconds=seconds, loss=loss, settings=settings, trace=trace,
                            per_layer=layers, density=dens)
@@ -932,7 +962,8 @@ def _per_layer(model, inputs, labels, chosen, op: HessianOperator, *, tol, max_h
     out = []
     for layer, members in groups.items():
         sub = HessianOperator(model, inputs, labels, parameters=members, batch_size=op.batch_size, mean=mean,
-                              std=std, method=op.method, resize_batches=op.resize_batches)
+                              std=std, method=op.method, resize_batches=op.resize_batches, total=op.total,
+                              reduce=op.reduce)
         res = lanczos_top_eigenvalues(sub, sub.dim, k=1, tol=tol, max_matvec=max_hvp, seed=seed,
                                       device=sub.device, dtype=sub.dtype)
         out.append(LayerEigenvalue(layer=layer, n_params=sub.dim, eigenvalue=res.eigenvalues[0],

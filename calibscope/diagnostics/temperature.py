@@ -31,6 +31,11 @@ Degenerate inputs raise :class:`~calibscope.errors.InputError` with a message th
 positive temperature minimises the NLL: every prediction right (the NLL keeps falling as T → 0), logits no
 better than uniform (as T → ∞), logits constant within every row (NLL does not depend on T).
 
+Across processes (``torchrun``), each process passes its own rows and a ``reduce`` that sums a tensor over
+the processes (e.g. an ``all_reduce``): every pass sums its per-row quantities locally and ``reduce`` adds
+them up — the preparatory totals, (Σ log S0, Σ E[z] − z_y, Σ Var) per Newton pass (24 bytes), the ECE bins —
+so every process takes the same Newton steps and returns the one-process temperature.
+
 Everything is a pure function of tensors, on the tensors' device.
 """
 
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -196,12 +202,16 @@ class _Shifted:
     Building it is the one preparatory pass: row max, the true class's logit, the finite mean of each row,
     which rows the model gets right (first argmax). Shifting makes every exponent ≤ 0 (no overflow at any β). When they
     fit in ``cache_bytes`` the shifted float64 logits are kept, so later passes do not convert again.
+
+    ``rows`` are the logits held here; ``n`` the examples over all processes (``reduce`` sums every pass's
+    totals over them; None: one process, ``n == rows``).
     """
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None,
-                 cache_bytes: int | None = None):
+                 cache_bytes: int | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         n, k = logits.shape
-        self.logits, self.n, self.k = logits, int(n), int(k)
+        self.logits, self.rows, self.k = logits, int(n), int(k)
+        self.reduce = reduce
         cuda = logits.device.type == "cuda"
         if chunk_rows is None:
             chunk_rows = max(1, ((1 << 25) if cuda else (1 << 18)) // max(k, 1))
@@ -209,11 +219,11 @@ class _Shifted:
         if cache_bytes is None:
             cache_bytes = (4 << 30) if cuda else (1 << 30)
         self.kernel = _compiled_moments() if cuda else None
-        keep = self.kernel is None and self.n * self.k * 8 <= cache_bytes
+        keep = self.kernel is None and self.rows * self.k * 8 <= cache_bytes
         self.cache: list[torch.Tensor] | None = [] if keep else None
         labels = labels.to(device=logits.device, dtype=torch.int64)
         zmax, c, row_spread, correct = [], [], [], []
-        for a in range(0, self.n, self.chunk_rows):
+        for a in range(0, self.rows, self.chunk_rows):
             z = logits[a : a + self.chunk_rows].to(_F64, copy=True)  # may be shifted in place below
             y = labels[a : a + self.chunk_rows, None]
             top, prediction = z.max(dim=1)  # the first maximal index, like calibration's argmax of p
@@ -226,17 +236,25 @@ class _Shifted:
             correct.append(prediction == y.squeeze(1))
             if self.cache is not None:
                 self.cache.append(z.sub_(top[:, None]).clamp_min_(_NEG_SENTINEL))
-        self.zmax = torch.cat(zmax)
-        self.c = torch.cat(c)
-        spread = torch.cat(row_spread)
-        self.correct = torch.cat(correct)
-        totals = torch.stack([self.c.sum(), spread.sum(), self.correct.sum().to(_F64)]).tolist()
-        self.mean_c, self.scale = totals[0] / self.n, totals[1] / self.n
+        empty = torch.zeros(0, dtype=_F64, device=logits.device)
+        self.zmax = torch.cat(zmax) if zmax else empty
+        self.c = torch.cat(c) if c else empty
+        spread = torch.cat(row_spread) if row_spread else empty
+        self.correct = torch.cat(correct) if correct else empty.bool()
+        totals = self._sum(torch.stack([self.c.sum(), spread.sum(), self.correct.sum().to(_F64),
+                                        torch.tensor(float(self.rows), dtype=_F64, device=logits.device)]))
+        totals = totals.tolist()
+        self.n = int(round(totals[3]))
+        self.mean_c, self.scale = totals[0] / max(self.n, 1), totals[1] / max(self.n, 1)
         self.n_correct = int(round(totals[2]))
+
+    def _sum(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-process sums → sums over all processes."""
+        return local if self.reduce is None else self.reduce(local)
 
     def chunks(self):
         """(first row, z' = z − max_k z in float64 with -inf → -1e150) chunk by chunk."""
-        for i, a in enumerate(range(0, self.n, self.chunk_rows)):
+        for i, a in enumerate(range(0, self.rows, self.chunk_rows)):
             if self.cache is not None:
                 yield a, self.cache[i]
             else:
@@ -252,7 +270,7 @@ class _Shifted:
         b = torch.tensor(beta, dtype=_F64, device=device)
         if self.kernel is not None:
             try:
-                for a in range(0, self.n, self.chunk_rows):
+                for a in range(0, self.rows, self.chunk_rows):
                     sums += self.kernel(self.logits[a : a + self.chunk_rows], self.zmax[a : a + self.chunk_rows], b)
             except Exception:  # noqa: BLE001 - any compiler failure: eager from now on
                 _COMPILED["failed"] = True
@@ -261,7 +279,7 @@ class _Shifted:
         if self.kernel is None:
             for _, zc in self.chunks():
                 sums += _shifted_moments(zc, b)
-        log_s0, mean, var = (sums / self.n).tolist()
+        log_s0, mean, var = (self._sum(sums) / self.n).tolist()
         return log_s0 + beta * self.mean_c, mean + self.mean_c, var
 
     def nll_and_ece(self, beta: float, n_bins: int) -> tuple[float, float]:
@@ -276,18 +294,26 @@ class _Shifted:
             sum_conf += bins.sum_confidence
             sum_right += bins.sum_correct
             sum_log_s0 += s0.log().sum()
+        if self.reduce is not None:
+            count, sum_conf, sum_right, sum_log_s0 = self._sum(
+                torch.cat([count, sum_conf, sum_right, sum_log_s0[None]])).split([n_bins, n_bins, n_bins, 1])
+            sum_log_s0 = sum_log_s0[0]
         ece = _calibration_errors(count, sum_conf, sum_right)["l1"]
         log_s0, ece = torch.stack([sum_log_s0 / self.n, ece]).tolist()
         return log_s0 + beta * self.mean_c, ece
 
 
-def _prepare(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None) -> _Shifted:
+def _prepare(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> _Shifted:
     _validate_logits_labels(logits, labels)
-    if logits.shape[0] == 0:
+    if logits.shape[0] == 0 and reduce is None:
         raise InputError("Expected at least one example to fit a temperature on, but got N = 0")
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise InputError(f"Expected argument `chunk_rows` to be an integer larger than 0, but got {chunk_rows!r}")
-    return _Shifted(logits, labels, chunk_rows)
+    data = _Shifted(logits, labels, chunk_rows, reduce=reduce)
+    if data.n == 0:
+        raise InputError("Expected at least one example to fit a temperature on, but got N = 0")
+    return data
 
 
 def _check_nll_has_a_minimum(data: _Shifted) -> None:
@@ -368,12 +394,17 @@ def _newton_iterations(data: _Shifted, beta: float, target: float, max_passes: i
 _WARM_START_ROWS = 1 << 15
 
 
-def _newton(data: _Shifted, tol: float, max_passes: int, labels: torch.Tensor) -> TemperatureFit:
-    """Warm start on a strided subsample (large N only), then safeguarded Newton on all rows."""
+def _newton(data: _Shifted, tol: float, max_passes: int, labels: torch.Tensor, first_row: int = 0) -> TemperatureFit:
+    """Warm start on a strided subsample (large N only), then safeguarded Newton on all rows.
+
+    The subsample is every ``stride``-th row of all N (``first_row``: the index of this process's first row
+    among them), so that every process layout starts from the same point."""
     beta0, sub_rows, sub_passes = 1.0, 0, 0
     if data.n >= 8 * _WARM_START_ROWS:
         stride = data.n // _WARM_START_ROWS
-        sub = _Shifted(data.logits[::stride], labels[::stride], data.chunk_rows, cache_bytes=0)
+        offset = (-first_row) % stride
+        sub = _Shifted(data.logits[offset::stride], labels[offset::stride], data.chunk_rows, cache_bytes=0,
+                       reduce=data.reduce)
         try:
             _check_nll_has_a_minimum(sub)
             beta0, _, _, sub_passes, _, _ = _newton_iterations(sub, 1.0, 1e-6 * sub.scale, max_passes)
@@ -457,6 +488,8 @@ def fit_temperature(
     bounds: tuple[float, float] = DEFAULT_SWEEP_RANGE,
     grid_points: int = DEFAULT_SWEEP_POINTS,
     chunk_rows: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    first_row: int = 0,
 ) -> TemperatureFit:
     r"""The temperature T that minimises the NLL (exactly) or the ECE (by search) of ``softmax(logits / T)``.
 
@@ -482,6 +515,8 @@ def fit_temperature(
         max_passes: most passes over the logits for the NLL fit.
         bounds, grid_points: the ECE search range and grid.
         chunk_rows: rows per chunk (bounds the float64 working memory); default by device.
+        reduce, first_row: across processes, the function that sums a tensor over them and the index of this
+            process's first row among all N (``logits`` are rows ``first_row…``; see the module docstring).
 
     Returns:
         :class:`TemperatureFit`.
@@ -504,10 +539,10 @@ def fit_temperature(
         raise InputError(f"Expected argument `tol` to be a number larger than 0, but got {tol!r}")
     if isinstance(max_passes, bool) or not isinstance(max_passes, int) or max_passes < 2:
         raise InputError(f"Expected argument `max_passes` to be an integer of at least 2, but got {max_passes!r}")
-    data = _prepare(logits, labels, chunk_rows)
+    data = _prepare(logits, labels, chunk_rows, reduce)
     if objective == "nll":
         _check_nll_has_a_minimum(data)
-        return _newton(data, float(tol), max_passes, labels)
+        return _newton(data, float(tol), max_passes, labels, int(first_row))
     lo, hi = (_validate_temperature(t, "bounds") for t in bounds)
     if not lo < hi:
         raise InputError(f"Expected argument `bounds` to be (low, high) with low < high, but got {bounds!r}")
@@ -549,6 +584,7 @@ def temperature_sweep(
     temperatures: tuple[float, ...] | list[float] | None = None,
     n_bins: int = 15,
     chunk_rows: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TemperatureSweep:
     r"""NLL and top-label ECE of ``softmax(logits / T)`` for each T (default: 121 log-spaced T in [0.05, 20]).
 
@@ -558,11 +594,12 @@ def temperature_sweep(
         \mathrm{ECE}(T) = \sum_m \frac{|B_m|}{n}\,|\operatorname{acc}(B_m) - \operatorname{conf}_T(B_m)|,
 
     with the bins of :func:`~calibscope.diagnostics.calibration.expected_calibration_error`. Accuracy does not
-    depend on T. One pass over the logits per temperature (Müller et al. 2019, §3, Fig. 4).
+    depend on T. One pass over the logits per temperature (Müller et al. 2019, §3, Fig. 4). ``reduce``: across
+    processes, as for :func:`fit_temperature`.
     """
     n_bins = _validate_n_bins(n_bins)
     grid = sweep_temperatures() if temperatures is None else _validate_grid(temperatures)
-    data = _prepare(logits, labels, chunk_rows)
+    data = _prepare(logits, labels, chunk_rows, reduce)
     nll, ece = [], []
     for t in grid:
         f, e = data.nll_and_ece(1.0 / t, n_bins)

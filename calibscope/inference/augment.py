@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from calibscope.errors import InputError
+from calibscope.inference import distributed
 from calibscope.inference.engine import InferenceOptions, run_inference
 
 __all__ = [
@@ -266,6 +267,9 @@ def augmented_logits(
 
     Returns:
         :class:`AugmentedLogits` with ``logits`` ``[R, N, L, K]`` (float32, CPU).
+
+    Under ``torchrun`` each rank runs its contiguous shard of the N examples with the same per-row
+    augmentation parameters, and every rank receives all logits: the same numbers as one process.
     """
     validate_augmentation(augmentation, tuple(inputs.shape))
     for name, value, least in (("draws", draws, 2), ("repetitions", repetitions, 1)):
@@ -288,22 +292,32 @@ def augmented_logits(
         fill = (0.0 - mean) / std  # raw pixel 0 after normalisation
         noise_scale = 1.0 / std
 
-    logits = torch.empty(0)
+    group = distributed.current()
+    start, stop = (0, n) if group is None else group.shard(n)
+    logits = None
     meta: dict[str, Any] = {}
     seconds = 0.0
-    for r in range(r_count):
+    for r in range(r_count if stop > start else 0):
         for draw in range(l_count):
             wrapped = _AugmentedModel(model, augmentation=augmentation, dy=dy[r, draw], dx=dx[r, draw],
                                       flip=flip[r, draw], noise_seed=int(noise_seeds[r, draw]), fill=fill,
                                       noise_scale=noise_scale)
-            out = run_inference(wrapped, inputs, None, options=options, progress=progress, on_notice=on_notice)
-            if wrapped.cursor != n:
-                raise RuntimeError(f"augmented inference saw {wrapped.cursor} of {n} rows")
+            wrapped.cursor = start  # the rows' own augmentation parameters, whichever rank runs them
+            out = run_inference(wrapped, inputs[start:stop], None, options=options, on_notice=on_notice,
+                                progress=progress if group is None or group.is_main else False)
+            if wrapped.cursor != stop:
+                raise RuntimeError(f"augmented inference saw rows {start}…{wrapped.cursor} of {start}…{stop}")
             if r == 0 and draw == 0:
-                logits = torch.empty((r_count, n, l_count, out.num_classes), dtype=torch.float32)
+                logits = torch.empty((stop - start, r_count, l_count, out.num_classes), dtype=torch.float32)
                 meta = dict(out.meta)
-            logits[r, :, draw, :] = out.logits
+            logits[:, r, draw, :] = out.logits
             seconds += float(out.meta.get("seconds") or 0.0)
+    if group is not None:  # rows [N, R, L, K] of every rank, in order; rank 0's meta; the slowest rank's time
+        logits = group.all_gather_rows(logits)
+        meta = group.broadcast_object(meta)
+        seconds = float(group.all_gather_rows(torch.tensor([[seconds]], dtype=torch.float64)).max())
+        meta["distributed"] = {"world_size": group.world_size, "backend": group.backend}
+    logits = logits.permute(1, 0, 2, 3).contiguous()
     rows = n * l_count * r_count
     meta.update({"augmentation": augmentation.describe(), "seed": int(seed), "draws": l_count,
                  "repetitions": r_count, "rows": rows, "seconds": seconds,

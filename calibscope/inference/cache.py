@@ -51,6 +51,29 @@ def load_cached(key: str) -> Outputs | None:
     return Outputs(**{k: tensors.get(k) for k in _TENSORS}, labels=None, meta=meta)
 
 
+def load_cached_logits_rows(key: str):
+    """The cached logits as a :class:`~calibscope.loading.files.StoredArray` (read by rows, nothing read yet)
+    and the entry's meta, or None: for a rank that needs only its shard of an entry."""
+    path = cache_dir() / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    from calibscope.errors import InputError
+    from calibscope.loading.files import stored_arrays
+
+    try:
+        logits = stored_arrays(path, "safetensors").get("logits")
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    except (InputError, SafetensorError, OSError, ValueError):
+        return None  # a damaged entry is a miss, not an error
+    if logits is None or len(logits.shape) != 2 or logits.dtype != "<f4":
+        return None
+    meta["cache"] = "hit"
+    return logits, meta
+
+
 def store(key: str, outputs: Outputs) -> None:
     """Write atomically (temp file + rename); failures to cache are silent (the result is still returned)."""
     from safetensors.torch import save_file

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from calibscope.errors import InputError
 from calibscope.inference.device import autocast_dtype, resolve_device
 from calibscope.inference.features import attach_feature_tap
 from calibscope.inference.outputs import Outputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calibscope.inference.distributed import Distributed
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -236,6 +240,50 @@ def run_inference(
         bias=None if tap is None or tap.bias is None else tap.bias.float().cpu().clone(),
         meta=meta,
     )
+
+
+def run_inference_sharded(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    group: Distributed,
+    options: InferenceOptions | None = None,
+    progress: bool | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> Outputs:
+    """:func:`run_inference` over this rank's contiguous shard of ``inputs``; every rank gets everything.
+
+    Rank r runs rows ``group.shard(N)`` (exactly N rows overall, no padding duplicates); the logits (and
+    features) of all ranks are then gathered, in order, on every rank, so the result equals one process's
+    run over all rows. The class templates and ``meta`` are rank 0's (which always holds rows); ``seconds``
+    is the slowest rank's. Only rank 0 shows a progress bar.
+    """
+    n = int(inputs.shape[0])
+    if n == 0:
+        raise InputError("the dataset is empty: nothing to run the model on")
+    start, stop = group.shard(n)
+    local = None
+    if stop > start:
+        local = run_inference(model, inputs[start:stop], options=options, on_notice=on_notice,
+                              progress=progress if group.is_main else False)
+    logits = group.all_gather_rows(None if local is None else local.logits)
+    features = group.all_gather_rows(None if local is None else local.features)
+    seconds = group.all_gather_rows(torch.tensor([[0.0 if local is None else local.meta["seconds"]]],
+                                                 dtype=torch.float64))
+    first = group.broadcast_object(None if not group.is_main else
+                                   {"weight": local.weight, "bias": local.bias, "meta": local.meta})
+    slowest = float(seconds.max())
+    rows = [b - a for a, b in _shards(n, group)]
+    meta = {**first["meta"], "seconds": slowest, "examples_per_second": n / slowest if slowest > 0 else None,
+            "distributed": {"world_size": group.world_size, "backend": group.backend, "rows_per_rank": rows}}
+    return Outputs(logits=logits.contiguous(), labels=None, features=features, weight=first["weight"],
+                   bias=first["bias"], meta=meta)
+
+
+def _shards(n: int, group: Distributed) -> list[tuple[int, int]]:
+    from calibscope.conventions import contiguous_shard
+
+    return [contiguous_shard(n, r, group.world_size) for r in range(group.world_size)]
 
 
 class _ProgressBar:

@@ -2,22 +2,29 @@
 
 A logits file needs no model: its logits are used as they are (labels from the file or the dataset).
 A model runs once through :func:`run_inference`; normalisation comes from the options or, failing that,
-from the checkpoint's metadata (``mean``/``std``).
+from the checkpoint's metadata (``mean``/``std``). Under ``torchrun`` (once
+:func:`calibscope.inference.distributed.init_from_environment` joined the ranks) each rank runs its contiguous
+shard and every rank receives all outputs (:func:`~calibscope.inference.engine.run_inference_sharded`); the
+cache is used only when every rank finds the entry, and only rank 0 writes it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from calibscope.errors import InputError
 from calibscope.inference import cache as _cache
-from calibscope.inference.engine import InferenceOptions, run_inference
+from calibscope.inference import distributed
+from calibscope.inference.engine import InferenceOptions, run_inference, run_inference_sharded
 from calibscope.inference.outputs import Outputs
 from calibscope.inference.validate import validate_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.loading.types import Checkpoint, Dataset
+    from calibscope.loading.types import Checkpoint, Dataset, LogitsRows
 
 
 def compute_outputs(
@@ -43,11 +50,18 @@ def compute_outputs(
             options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))
         key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
                                options=asdict(replace(options, device=_device_kind(options.device))))
+        group = distributed.current()
         outputs = _cache.load_cached(key) if use_cache else None
+        if group is not None and not group.all_true(outputs is not None):
+            outputs = None  # some rank lacks the entry (no shared file system): every rank computes its shard
         if outputs is None:
-            outputs = run_inference(checkpoint.module, dataset.inputs, options=options, progress=progress)
+            if group is None:
+                outputs = run_inference(checkpoint.module, dataset.inputs, options=options, progress=progress)
+            else:
+                outputs = run_inference_sharded(checkpoint.module, dataset.inputs, group=group, options=options,
+                                                progress=progress)
             outputs = replace(outputs, meta={**outputs.meta, "cache": "miss" if use_cache else "off"})
-            if use_cache:
+            if use_cache and (group is None or group.is_main):
                 _cache.store(key, outputs)
         # the cache holds what the model computed; labels always come from the dataset as given
         outputs = replace(outputs, labels=dataset.labels, meta={**outputs.meta, "checkpoint_format": checkpoint.format,
@@ -76,3 +90,140 @@ def _from_logits_file(checkpoint, dataset) -> Outputs:
     return Outputs(logits=checkpoint.logits, labels=labels, meta={
         "device": "none (logits file)", "precision": "as stored", "checkpoint_format": checkpoint.format,
         "checkpoint_sha256": checkpoint.sha256, "from_probabilities": checkpoint.from_probabilities})
+
+
+# ------------------------------------------------------------------------------------ one process's rows
+
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MB in float32): bounds the float64 working memory
+
+
+@dataclass(frozen=True)
+class OutputShard:
+    """This process's rows ``[start, stop)`` of the outputs of a model on ``num_examples`` examples.
+
+    One process: all rows. Under ``torchrun``: the rank's contiguous shard — the model ran only these rows, a
+    logits file is read only there — so statistics are computed here and summed over the ranks, and no process
+    ever holds all the logits. ``labels`` are the shard's (int64 ``[stop − start]``); :meth:`chunks` reads
+    the logits chunk by chunk (from memory, or from disk for :class:`~calibscope.loading.types.LogitsRows`),
+    validated as :func:`~calibscope.inference.validate.validate_outputs` validates whole outputs.
+    """
+
+    num_examples: int
+    num_classes: int
+    start: int
+    stop: int
+    labels: torch.Tensor
+    meta: dict[str, Any]
+    read: Callable[[int, int], torch.Tensor]  # rows [a, b) of the whole set (start ≤ a ≤ b ≤ stop) → float32
+    source: str = ""
+    claimed_classes: int | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def chunks(self, rows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(logits [b, K] float32, labels [b] int64)`` over this shard, ``rows`` at a time (default: 2²² logits
+        a chunk)."""
+        rows = rows or max(1, CHUNK_ELEMENTS // max(self.num_classes, 1))
+        for a in range(self.start, self.stop, rows):
+            b = min(self.stop, a + rows)
+            logits = self.read(a, b)
+            labels = self.labels[a - self.start:b - self.start]
+            validate_outputs(Outputs(logits=logits, labels=labels), source=self.source, first_row=a,
+                             total_rows=self.num_examples, num_classes=self.claimed_classes)
+            yield logits, labels
+
+    def logits(self) -> torch.Tensor:
+        """All of this shard's logits in memory, float32 ``[stop − start, K]`` (validated)."""
+        parts = [z for z, _ in self.chunks()]
+        return torch.cat(parts) if parts else torch.empty((0, self.num_classes), dtype=torch.float32)
+
+
+def output_shard(
+    checkpoint: Checkpoint | LogitsRows,
+    dataset: Dataset | None,
+    options: InferenceOptions | None = None,
+    *,
+    use_cache: bool = True,
+    progress: bool | None = None,
+) -> OutputShard:
+    """This process's rows of what :func:`compute_outputs` computes (all rows for one process).
+
+    Under ``torchrun`` a model runs only the rank's shard (a cache entry found by every rank is sliced; a
+    fresh result is gathered to rank 0 alone, to store it); a logits file, in memory or read by rows from disk
+    (:class:`~calibscope.loading.types.LogitsRows`), is sliced. Labels come from the logits file or the dataset.
+    """
+    from calibscope.loading.types import LogitsCheckpoint, LogitsRows
+
+    options = options or InferenceOptions()
+    group = distributed.current()
+    source = f"'{checkpoint.path}'"
+    claimed = checkpoint.metadata.get("num_classes")
+    if isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)):
+        if isinstance(checkpoint, LogitsRows):
+            n, k, read = checkpoint.num_examples, checkpoint.num_classes, checkpoint.read
+            file_labels = checkpoint.labels if checkpoint.labels is None else checkpoint.labels[:n]
+        else:
+            logits = checkpoint.logits
+            n, k, file_labels = int(logits.shape[0]), int(logits.shape[1]), checkpoint.labels
+
+            def read(a: int, b: int, logits=logits) -> torch.Tensor:
+                return logits[a:b]
+        labels = _logits_file_labels(checkpoint.path, n, file_labels, dataset)
+        meta = {"device": "none (logits file)", "precision": "as stored", "checkpoint_format": checkpoint.format,
+                "checkpoint_sha256": checkpoint.sha256, "from_probabilities": checkpoint.from_probabilities}
+        if n == 0:
+            raise InputError(f"{source}: no examples (0 rows of logits)")
+        start, stop = (0, n) if group is None else group.shard(n)
+        if group is not None:
+            meta["distributed"] = {"world_size": group.world_size, "backend": group.backend}
+        return OutputShard(n, k, start, stop, labels[start:stop], meta, read, source, claimed)
+    if dataset is None:
+        raise InputError(f"{source} is a model: pass the data to run it on with --data FILE")
+    if group is None:
+        outputs = compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress)
+        return OutputShard(outputs.num_examples, outputs.num_classes, 0, outputs.num_examples, outputs.labels,
+                           outputs.meta, lambda a, b: outputs.logits[a:b], source, claimed)
+    if dataset.labels is None:
+        raise InputError(f"'{dataset.source}' has no labels: calibration compares predictions with labels")
+    if options.mean is None and checkpoint.metadata.get("mean") is not None:
+        meta = checkpoint.metadata
+        options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))
+    key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
+                           options=asdict(replace(options, device=_device_kind(options.device))))
+    n = len(dataset)
+    start, stop = group.shard(n)
+    cached = _cache.load_cached_logits_rows(key) if use_cache else None
+    if group.all_true(cached is not None):  # this rank's rows of the entry, read from disk
+        logits, meta, k = cached[0].rows(start, stop), cached[1], int(cached[0].shape[1])
+    else:
+        local = None
+        if stop > start:
+            local = run_inference(checkpoint.module, dataset.inputs[start:stop], options=options,
+                                  progress=progress if group.is_main else False)
+        logits = local.logits if local is not None else None
+        meta, k = group.broadcast_object(None if not group.is_main else (local.meta, local.num_classes))
+        if use_cache:  # the whole result on rank 0 only, to store it
+            whole = group.gather_rows(logits)
+            if group.is_main:
+                _cache.store(key, Outputs(logits=whole, labels=None, meta={**meta, "cache": "miss"}))
+        meta = {**meta, "cache": "miss" if use_cache else "off"}
+        if logits is None:
+            logits = torch.empty((0, k), dtype=torch.float32)
+    meta = {**meta, "checkpoint_format": checkpoint.format, "checkpoint_sha256": checkpoint.sha256,
+            "dataset_sha256": dataset.sha256, "dataset_format": dataset.format,
+            "distributed": {"world_size": group.world_size, "backend": group.backend}}
+    local_logits = logits
+    return OutputShard(n, k, start, stop, dataset.labels[start:stop], meta,
+                       lambda a, b: local_logits[a - start:b - start], source, claimed)
+
+
+def _logits_file_labels(path, n: int, labels, dataset) -> torch.Tensor:
+    if labels is None and dataset is not None:
+        labels = dataset.labels
+        if labels is not None and labels.shape[0] != n:
+            raise InputError(f"'{path}' has {n} rows of logits but '{dataset.source}' has {labels.shape[0]} labels")
+    if labels is None:
+        raise InputError(f"'{path}' holds no labels: save them in the file as 'labels' or pass "
+                         "--data with a labelled dataset in the same order")
+    return labels

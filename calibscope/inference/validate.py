@@ -8,10 +8,13 @@ from calibscope.errors import InputError
 from calibscope.inference.outputs import Outputs
 
 
-def validate_outputs(outputs: Outputs, *, source: str, num_classes: int | None = None) -> None:
+def validate_outputs(outputs: Outputs, *, source: str, num_classes: int | None = None, first_row: int = 0,
+                     total_rows: int | None = None) -> None:
     """Finite logits, labels in range, class counts that agree.
 
-    ``num_classes``: what the checkpoint's metadata claims, if anything.
+    ``num_classes``: what the checkpoint's metadata claims, if anything. ``first_row`` / ``total_rows``: when
+    ``outputs`` are rows ``first_row…`` of a larger set (a chunk, a rank's shard), messages give row numbers
+    and counts of the whole.
     """
     logits, labels = outputs.logits, outputs.labels
     if logits.ndim != 2 or logits.shape[1] < 2:
@@ -21,8 +24,11 @@ def validate_outputs(outputs: Outputs, *, source: str, num_classes: int | None =
     bad = ~torch.isfinite(logits)
     if bool(bad.any()):
         rows = bad.any(dim=1).nonzero().flatten()
+        part = total_rows is not None and not (first_row == 0 and logits.shape[0] == total_rows)
+        whole = f" (rows {first_row}…{first_row + logits.shape[0] - 1} of {total_rows})" if part else ""
         raise InputError(f"{source}: {int(bad.sum())} logits are NaN or infinite, in {rows.numel()} of "
-                         f"{logits.shape[0]} rows (first at row {int(rows[0])}); check the model and inputs")
+                         f"{logits.shape[0]} rows{whole} (first at row {first_row + int(rows[0])}); check the model "
+                         "and inputs")
     k = logits.shape[1]
     if num_classes is not None and int(num_classes) != k:
         raise InputError(f"{source}: the checkpoint says {num_classes} classes but the model outputs {k} logits")

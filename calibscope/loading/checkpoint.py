@@ -55,9 +55,9 @@ import torch
 from calibscope.errors import InputError, UntrustedFileError
 from calibscope.loading import files
 from calibscope.loading.arch import build_architecture
-from calibscope.loading.types import Checkpoint, LogitsCheckpoint, LogitsFormat, ModelCheckpoint
+from calibscope.loading.types import Checkpoint, LogitsCheckpoint, LogitsFormat, LogitsRows, ModelCheckpoint
 
-__all__ = ["EXTRA_FILE", "METADATA_PREFIX", "load_checkpoint"]
+__all__ = ["EXTRA_FILE", "METADATA_PREFIX", "load_checkpoint", "open_logits_rows"]
 
 METADATA_PREFIX = "calibscope."  # safetensors metadata keys
 EXTRA_FILE = "calibscope.json"  # extra file of .pt2 / TorchScript archives
@@ -620,6 +620,93 @@ def _logits_checkpoint(p: Path, fmt: LogitsFormat, raw_logits: Any, raw_labels: 
         meta["class_names"] = class_names
     return LogitsCheckpoint(logits, labels, fmt, p, files.file_sha256(p), from_probabilities=is_probs,
                             metadata=meta)
+
+
+def open_logits_rows(path: Path | str, *, min_bytes: int = 0, chunk_rows: int | None = None) -> LogitsRows | None:
+    """``path`` as logits read by rows from disk (:class:`LogitsRows`), never loaded whole; or None.
+
+    For ``.npy``, uncompressed ``.npz`` (``numpy.savez``) and safetensors files whose ``logits``/``probs`` are
+    a plain 2-D numeric array of at least ``min_bytes`` bytes, with labels (if any) stored as plainly. Anything
+    else — other formats, compressed members, unusual contents, a safetensors model — gives None, and
+    :func:`load_checkpoint` (with its messages) is the way in. Whether the file holds probabilities is decided
+    over every row, as :func:`load_checkpoint` does, reading ``chunk_rows`` rows at a time (default: 2²² values;
+    real logits stop at the first chunk; probabilities cost one extra pass).
+    """
+    p = files.require_exists(path)
+    kind = files.sniff(p)
+    if kind not in ("npy", "npz", "safetensors"):
+        return None
+    try:
+        arrays = files.stored_arrays(p, kind)
+    except InputError:
+        return None  # load_checkpoint says what is wrong with the file
+    key = "" if kind == "npy" else _logits_key(arrays)
+    if key is None or key not in arrays:
+        return None
+    array = arrays[key]
+    if len(array.shape) != 2 or array.nbytes < min_bytes or not (array.dtype == "bfloat16" or array.dtype[1:2] in
+                                                                 ("f", "i", "u")):
+        return None
+    metadata: dict[str, Any] = {}
+    class_names = None
+    if kind == "npz":
+        if any(name in ("labels", "class_names") and name not in arrays for name in _npz_members(p)):
+            return None  # a compressed labels/class_names member: the eager loader reads it
+        if "class_names" in arrays:
+            import numpy as np
+
+            with np.load(p, allow_pickle=False) as data:
+                names = data["class_names"]
+            if names.dtype.kind not in "US" or names.ndim != 1:
+                return None
+            class_names = [str(c) for c in names.tolist()]
+    elif kind == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+        decoded = _decode_metadata(p, raw, prefix=METADATA_PREFIX)
+        class_names = decoded.get("class_names")
+        metadata = {k: v for k, v in decoded.items() if k != "class_names"}
+    n, k = array.shape
+    labels = _labels(p, arrays["labels"].rows(0, n), n) if "labels" in arrays else None
+    if class_names is not None:
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+            raise InputError(f"{files.display(p)}: 'class_names' must be a list of strings")
+        if len(class_names) != k:
+            raise InputError(f"{files.display(p)}: {k} logit columns but {len(class_names)} class names")
+        metadata["class_names"] = class_names
+    is_probs = _rows_look_like_probabilities(array, chunk_rows or max(1, (1 << 22) // max(k, 1)))
+    if key == "probs" and not is_probs:
+        raise InputError(f"{files.display(p)}: 'probs' are not probabilities (every entry must be in [0, 1] and "
+                         f"every row sum to 1 within {_PROB_TOLERANCE}); store raw scores as 'logits' instead")
+    fmt: LogitsFormat = "npy" if kind == "npy" else "npz" if kind == "npz" else "safetensors"
+    return LogitsRows(array, labels, fmt, p, files.file_sha256(p), from_probabilities=is_probs, metadata=metadata)
+
+
+def _npz_members(p: Path) -> list[str]:
+    with zipfile.ZipFile(p) as zf:
+        return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+
+
+def _rows_look_like_probabilities(array: Any, chunk_rows: int) -> bool:
+    """:func:`_looks_like_probabilities` over all rows of a stored array, chunk by chunk."""
+    n, k = array.shape
+    if n == 0 or k < 2:
+        return False
+    any_complete = False
+    for a in range(0, n, chunk_rows):
+        x = array.rows(a, a + chunk_rows).to(torch.float32)
+        finite = torch.isfinite(x)
+        if bool(((x < 0) | (x > 1)).logical_and(finite).any()):
+            return False
+        complete = finite.all(dim=1)
+        if bool(complete.any()):
+            sums = x[complete].sum(dim=1, dtype=torch.float64)
+            if not bool(((sums - 1.0).abs() <= _PROB_TOLERANCE).all()):
+                return False
+            any_complete = True
+    return any_complete
 
 
 def _looks_like_probabilities(x: torch.Tensor) -> bool:

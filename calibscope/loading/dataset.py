@@ -52,6 +52,7 @@ from calibscope.loading.files import (
     read_torch_weights_only,
     require_exists,
     sniff,
+    stored_arrays,
 )
 from calibscope.loading.types import Dataset
 
@@ -133,13 +134,13 @@ def _read(p: Path, *, limit: int | None, label_column: str | None, split: str | 
     if kind == "directory":
         return _read_directory(p, split=split, limit=limit)
     if kind in ("npz", "npy"):
-        arrays = read_numpy(p)
+        arrays = _mapped(p, kind) or read_numpy(p)
         if kind == "npy":
             _single_split(p, split, None)
             return _Loaded(arrays[""], None, "npy", [p], tensor_like=True)
         return _from_mapping(arrays, p, "npz", split, class_names=arrays.get("class_names"))
     if kind == "safetensors":
-        tensors, meta = read_safetensors(p)
+        tensors, meta = _mapped_safetensors(p) or read_safetensors(p)
         return _from_mapping(tensors, p, "safetensors", split, class_names=_json_class_names(meta, p))
     if kind == "torch-zip":
         return _from_torch_object(_read_torch(p), p, split)
@@ -165,6 +166,56 @@ def _single_split(p: Path, requested: str | None, own: str | None) -> str | None
                          "omit --split")
     raise InputError(f"{display(p)} is the {own!r} split, not {requested!r}; pass the {requested!r} file "
                      "or the folder holding both")
+
+
+# ------------------------------------------------------------------------------------------------ mapping
+
+MAP_MIN_BYTES = 64 << 20  # arrays at least this big are memory-mapped, not read
+
+
+def _mapped(p: Path, kind: str) -> dict[str, Any] | None:
+    """The arrays of a ``.npy``/``.npz`` with every big, uncompressed one memory-mapped (copy-on-write) rather
+    than read, so that a dataset bigger than memory streams from disk; None when nothing is big enough."""
+    try:
+        stored = stored_arrays(p, kind)
+    except InputError:
+        return None  # the ordinary reader says what is wrong
+    big = {k: a for k, a in stored.items() if a.nbytes >= MAP_MIN_BYTES and a.dtype != "bfloat16"}
+    if not big:
+        return None
+    out: dict[str, Any] = {k: a.memmap() for k, a in big.items()}
+    if kind == "npz":
+        with np.load(p, allow_pickle=False) as data:
+            out.update({k: data[k] for k in data.files if k not in out})
+    return out
+
+
+def _is_mapped(a: Any) -> bool:
+    import mmap
+
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+def _mapped_safetensors(p: Path) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """As :func:`_mapped`, for safetensors files (small tensors are read as usual)."""
+    try:
+        stored = stored_arrays(p, "safetensors")
+    except InputError:
+        return None
+    big = {k: a for k, a in stored.items() if a.nbytes >= MAP_MIN_BYTES and a.dtype != "bfloat16"}
+    if not big:
+        return None
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {k: a.memmap() for k, a in big.items()}
+    with safe_open(str(p), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        out.update({k: f.get_tensor(k) for k in f.keys() if k not in out})
+    return out, meta
 
 
 # ------------------------------------------------------------------------------------------------ finish
@@ -193,7 +244,8 @@ def _finish(loaded: _Loaded, source: Path, *, limit: int | None) -> Dataset:
         inputs = inputs[:limit]
         labels = None if labels is None else labels[:limit]
     inputs, layout = _inputs_layout(inputs, source, tensor_like=loaded.tensor_like)
-    if sliced or not inputs.flags.writeable or not inputs.flags.c_contiguous:
+    mapped = _is_mapped(inputs) and inputs.flags.c_contiguous  # stays on disk, read when used
+    if not mapped and (sliced or not inputs.flags.writeable or not inputs.flags.c_contiguous):
         inputs = np.array(inputs, order="C", copy=True)  # owns its memory: the full array can be freed
     if labels is not None and (sliced or not labels.flags.writeable):
         labels = labels.copy()

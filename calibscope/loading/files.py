@@ -198,3 +198,142 @@ def read_torch_weights_only(path: Path | str) -> Any:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------- arrays read by rows
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16", "I64": "<i8", "I32": "<i4",
+                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+class StoredArray:
+    """An uncompressed array inside a file — a ``.npy``, a stored (not deflated) ``.npz`` member, a safetensors
+    tensor — read by rows with plain file reads, never mapped or loaded whole: reading rows ``[a, b)`` costs the
+    memory of those rows, whatever the file's size, and leaves nothing resident behind.
+
+    ``dtype`` is a numpy dtype string with its byte order (``"<f4"``) or ``"bfloat16"``.
+    """
+
+    def __init__(self, path: Path, *, name: str, offset: int, shape: tuple[int, ...], dtype: str):
+        import numpy as np
+
+        self.path, self.name, self.offset = Path(path), name, int(offset)
+        self.shape, self.dtype = tuple(int(d) for d in shape), dtype
+        self._np_dtype = np.dtype("<u2" if dtype == "bfloat16" else dtype)
+        self.row_bytes = int(self._np_dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * len(self)
+
+    def __repr__(self) -> str:
+        return f"StoredArray({display(self.path)}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def memmap(self):
+        """The whole array as a copy-on-write ``numpy.memmap`` (pages are read from disk when touched and can be
+        dropped again by the kernel: an array bigger than memory works). Not for bfloat16."""
+        import numpy as np
+
+        if self.dtype == "bfloat16":
+            raise InputError(f"{display(self.path)}: {self.name!r} is bfloat16, which numpy cannot map")
+        return np.memmap(self.path, dtype=self._np_dtype, mode="c", offset=self.offset, shape=self.shape)
+
+    def rows(self, start: int, stop: int):
+        """Rows ``[start, stop)`` as a fresh torch tensor in native byte order (bfloat16 stays bfloat16)."""
+        import numpy as np
+        import torch
+
+        if not self.shape:
+            raise InputError(f"{display(self.path)}: {self.name!r} is a scalar, not an array of rows")
+        start, stop = max(0, start), min(len(self), stop)
+        count = max(0, stop - start)
+        out = np.empty((count, *self.shape[1:]), dtype=self._np_dtype)
+        want = count * self.row_bytes
+        if want:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset + start * self.row_bytes)
+                got = fh.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+            if got != want:
+                raise InputError(f"{display(self.path)} is truncated: {self.name!r} rows {start}…{stop} need "
+                                 f"{want} bytes but only {got} could be read")
+        if self.dtype == "bfloat16":
+            return torch.from_numpy(out.astype("=u2", copy=False).view(np.int16)).view(torch.bfloat16)
+        if not out.dtype.isnative:
+            out = out.astype(out.dtype.newbyteorder("="))
+        return torch.from_numpy(out)
+
+
+def stored_arrays(path: Path | str, kind: Kind | None = None) -> dict[str, StoredArray]:
+    """The arrays of a ``.npy`` (named ``""``), ``.npz`` (its stored members, by name) or safetensors file that
+    can be read by rows; deflated ``.npz`` members, Fortran-ordered or object arrays and other formats are left
+    out (the ordinary readers take those, with their own messages)."""
+    p = Path(path)
+    kind = kind or sniff(p)
+    try:
+        if kind == "npy":
+            with p.open("rb") as fh:
+                array = _npy_array(p, fh, "")
+            return {} if array is None else {"": array}
+        if kind == "npz":
+            return _npz_arrays(p)
+        if kind == "safetensors":
+            return _safetensors_arrays(p)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
+        raise InputError(f"{display(p)} is not readable ({_one_line(exc)})") from None
+    return {}
+
+
+def _npy_array(p: Path, fh, name: str) -> StoredArray | None:
+    import numpy as np
+
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    if dtype.hasobject or (fortran and len(shape) > 1):
+        return None
+    return StoredArray(p, name=name, offset=fh.tell(), shape=shape, dtype=dtype.str)
+
+
+def _npz_arrays(p: Path) -> dict[str, StoredArray]:
+    out: dict[str, StoredArray] = {}
+    with zipfile.ZipFile(p) as zf, p.open("rb") as fh:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise InputError(f"{display(p)} is a corrupt zip archive (member {info.filename!r})")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            name = info.filename[: -len(".npy")]
+            array = _npy_array(p, fh, name)
+            if array is not None:
+                out[name] = array
+    return out
+
+
+def _safetensors_arrays(p: Path) -> dict[str, StoredArray]:
+    with p.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    size = p.stat().st_size
+    out: dict[str, StoredArray] = {}
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(spec["dtype"])
+        begin, end = spec["data_offsets"]
+        if 8 + n + end > size:
+            raise InputError(f"{display(p)} is a truncated safetensors file: the header describes {8 + n + end} "
+                             f"bytes but the file has {size}")
+        if dtype is not None:
+            out[key] = StoredArray(p, name=key, offset=8 + n + begin, shape=tuple(spec["shape"]), dtype=dtype)
+    return out

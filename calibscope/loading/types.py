@@ -72,3 +72,41 @@ class Dataset:
     @property
     def is_image(self) -> bool:
         return self.inputs.ndim == 4
+
+
+@dataclass(frozen=True)
+class LogitsRows:
+    """Precomputed logits left on disk and read by rows: a file too big to load, or one rank's shard of one.
+
+    ``array``: the stored ``logits`` or ``probs`` ``[N, K]`` (:class:`~calibscope.loading.files.StoredArray`);
+    ``labels``: int64 ``[N]`` or None (read whole: 8 bytes per example). ``from_probabilities``: the file holds
+    probabilities (decided over every row by the rule of :class:`LogitsCheckpoint`); :meth:`read` then returns
+    their ``log`` as :func:`~calibscope.loading.checkpoint.load_checkpoint` does.
+    """
+
+    array: Any  # calibscope.loading.files.StoredArray
+    labels: torch.Tensor | None
+    format: LogitsFormat
+    path: Path
+    sha256: str
+    from_probabilities: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+
+    @property
+    def num_examples(self) -> int:
+        n = len(self.array)
+        return n if self.limit is None else min(n, self.limit)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.array.shape[1])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Logits rows ``[start, stop)`` as float32 ``[stop - start, K]``."""
+        import torch
+
+        x = self.array.rows(start, min(stop, self.num_examples)).to(torch.float32)
+        if self.from_probabilities:
+            x = torch.log(torch.clamp(x, min=torch.finfo(torch.float32).tiny))
+        return x

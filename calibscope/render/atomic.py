@@ -9,11 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text", "discarding_writes"]
+
+_DISCARD: ContextVar[bool] = ContextVar("calibscope_discard_writes", default=False)
+
+
+@contextlib.contextmanager
+def discarding_writes() -> Iterator[None]:
+    """Within this block every atomic write goes to a private temporary folder and is thrown away.
+
+    The command line runs under it on every ``torchrun`` rank but 0, so that one rank alone writes files
+    while every rank runs the same code.
+    """
+    token = _DISCARD.set(True)
+    try:
+        yield
+    finally:
+        _DISCARD.reset(token)
 
 
 def _umask() -> int:
@@ -37,6 +55,13 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
             fig.savefig(tmp, format="png")   # pass the format: the temp name ends in ".tmp"
     """
     target = Path(path)
+    if _DISCARD.get():
+        scratch = tempfile.mkdtemp(prefix="calibscope-discarded-")
+        try:
+            yield Path(scratch) / f".{target.name}.tmp"
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
