@@ -7,6 +7,7 @@ file in the same directory guarantees). The parent directory must exist.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -18,11 +19,14 @@ from pathlib import Path
 __all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text", "discarding_writes"]
 
 _DISCARD: ContextVar[bool] = ContextVar("calibscope_discard_writes", default=False)
+_scratch: list[Path] = []
 
 
 @contextlib.contextmanager
 def discarding_writes() -> Iterator[None]:
-    """Within this block every atomic write goes to a private temporary folder and is thrown away.
+    """Within this block every atomic write goes to a private temporary folder instead of its target, and
+    :func:`atomic_write_bytes` / :func:`atomic_write_text` return the path there (so code that reads back
+    what it wrote still works); the folder is deleted when the process exits.
 
     The command line runs under it on every ``torchrun`` rank but 0, so that one rank alone writes files
     while every rank runs the same code.
@@ -32,6 +36,16 @@ def discarding_writes() -> Iterator[None]:
         yield
     finally:
         _DISCARD.reset(token)
+
+
+def _discarded(target: Path) -> Path:
+    """Where a write to ``target`` goes while writes are discarded."""
+    if not _scratch:
+        _scratch.append(Path(tempfile.mkdtemp(prefix="calibscope-discarded-")))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    folder = _scratch[0] / str(len(list(_scratch[0].iterdir())))
+    folder.mkdir()
+    return folder / target.name
 
 
 def _umask() -> int:
@@ -54,14 +68,13 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         with atomic_output(out / "reliability.png") as tmp:
             fig.savefig(tmp, format="png")   # pass the format: the temp name ends in ".tmp"
     """
-    target = Path(path)
-    if _DISCARD.get():
-        scratch = tempfile.mkdtemp(prefix="calibscope-discarded-")
-        try:
-            yield Path(scratch) / f".{target.name}.tmp"
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return
+    target = _discarded(Path(path)) if _DISCARD.get() else Path(path)
+    with _atomic_output(target) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
@@ -79,8 +92,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns ``path`` as a :class:`~pathlib.Path`."""
-    target = Path(path)
-    with atomic_output(target) as tmp, open(tmp, "wb") as f:
+    target = _discarded(Path(path)) if _DISCARD.get() else Path(path)
+    with _atomic_output(target) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return target
 

@@ -282,7 +282,8 @@ def test_discarded_writes_leave_nothing(tmp_path):
     from calibscope.render.atomic import atomic_write_text, discarding_writes
 
     with discarding_writes():
-        atomic_write_text(tmp_path / "a.json", "{}")
+        written = atomic_write_text(tmp_path / "a.json", "{}")
+        assert written.read_text() == "{}" and written.parent != tmp_path  # code may read back what it wrote
     atomic_write_text(tmp_path / "b.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 
