@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -37,6 +37,24 @@ HELP = {
     "json": "Print a versioned JSON document to stdout instead of tables.",
     "out": "Write figures (PNG + SVG) and JSON into this directory.",
 }
+
+
+# The options every model-running command shares, declared once (Typer reads them from the annotations).
+ArchOpt = Annotated[str | None, typer.Option("--arch", help=HELP["arch"], show_default=False)]
+ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help=HELP["arch_kwargs"], show_default=False)]
+TrustOpt = Annotated[bool, typer.Option("--trust", help=HELP["trust"])]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help=HELP["device"] + " \\[default: auto]",
+                                               show_default=False)]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=HELP["precision"], show_default=False)]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help=HELP["batch_size"] + " \\[default: 1024]",
+                                                  show_default=False)]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help=HELP["limit"], show_default=False)]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help=HELP["mean"], show_default=False)]
+StdOpt = Annotated[str | None, typer.Option("--std", help=HELP["std"], show_default=False)]
+SplitOpt = Annotated[str | None, typer.Option("--split", help=HELP["split"], show_default=False)]
+LabelColumnOpt = Annotated[str | None, typer.Option("--label-column", help=HELP["label_column"], show_default=False)]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help=HELP["no_cache"])]
+JsonOpt = Annotated[bool, typer.Option("--json", help=HELP["json"])]
 
 
 def echo_err(message: str) -> None:

@@ -7,7 +7,23 @@ from pathlib import Path
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import (
+    HELP,
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    LimitOpt,
+    MeanOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    cli_errors,
+)
 
 
 def ece(
@@ -40,24 +56,21 @@ def ece(
                                               "than this over --baseline (e.g. 0.005).", show_default=False),
     junit: Path | None = typer.Option(None, "--junit", help="Write the gate's result as JUnit XML (shown by "
                                       "GitLab, Jenkins, GitHub test reporters).", show_default=False),
-    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Reliability diagrams: "
                                     "reliability_NAME.png/.svg; numbers: ece.json.", show_default=False),
-    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
-    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
-                                      show_default=False),
-    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
-                                          " [default: 1024]", show_default=False),
-    limit: int | None = typer.Option(None, "--limit", help=HELP["limit"], show_default=False),
-    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
-    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
-    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
-    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
-                                            show_default=False),
-    no_cache: bool = typer.Option(False, "--no-cache", help=HELP["no_cache"]),
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust: TrustOpt = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Expected calibration error and its family (MCE, ℓ2, debiased ℓ2, ACE, classwise, smooth ECE), NLL,
     Brier and accuracy, with the per-bin table; a CI gate.

@@ -6,7 +6,20 @@ from pathlib import Path
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import (
+    HELP,
+    ArchKwargsOpt,
+    ArchOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    LimitOpt,
+    MeanOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    cli_errors,
+)
 
 
 def hessian(
@@ -36,23 +49,21 @@ def hessian(
                                    "diagonal block."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density by stochastic Lanczos "
                                  "quadrature (plotted with --out)."),
-    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Bar plot: hessian_eigenvalues."
                                     "png/.svg; numbers: hessian.json.", show_default=False),
-    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
-    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
-                                      show_default=False),
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust: TrustOpt = False,
+    device: DeviceOpt = None,
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Examples per batch of the "
                                           "Hessian-vector products (bounds memory) [default: 256].",
                                           show_default=False),
-    limit: int | None = typer.Option(None, "--limit", help=HELP["limit"], show_default=False),
-    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
-    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
-    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
-    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
-                                            show_default=False),
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
 ) -> None:
     """Top Hessian eigenvalues λ1…λk of the training loss, λ1/λk, and the Hutchinson trace.
 

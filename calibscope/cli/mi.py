@@ -7,7 +7,22 @@ from pathlib import Path
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import (
+    HELP,
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    LimitOpt,
+    MeanOpt,
+    PrecisionOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    cli_errors,
+)
 
 
 def mi(
@@ -36,23 +51,20 @@ def mi(
     labels: str | None = typer.Option(None, "--labels", help="Comma-separated x-axis labels, one per "
                                       "checkpoint in the order given (numbers give a numeric axis, e.g. "
                                       "1,5,10,50).", show_default=False),
-    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: mi.png/.svg; numbers: "
                                     "mi.json.", show_default=False),
-    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
-    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " \\[default: auto]",
-                                      show_default=False),
-    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
-                                          " \\[default: 1024]", show_default=False),
-    limit: int | None = typer.Option(None, "--limit", help=HELP["limit"], show_default=False),
-    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
-    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
-    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
-    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
-                                            show_default=False),
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust: TrustOpt = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
 ) -> None:
     """Mutual information between training example and logit gap, against checkpoint.
 

@@ -11,7 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import (
+    HELP,
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    MeanOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    cli_errors,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.cli._common import ModelInputs
@@ -213,25 +228,22 @@ def ood(
     tpr: float = typer.Option(0.95, "--tpr", help="TPR level of the FPR metric (FPR at 95 % TPR)."),
     bins: int = typer.Option(50, "--bins", help="Bins of the score histograms."),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
-    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " ROC curves: ood_roc.png/.svg; "
                                     "score histograms: ood_scores.png/.svg; numbers: ood.json.", show_default=False),
-    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
-    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
-                                      show_default=False),
-    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
-                                          " [default: 1024]", show_default=False),
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust: TrustOpt = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of each dataset.",
                                      show_default=False),
-    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
-    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
-    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
-    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
-                                            show_default=False),
-    no_cache: bool = typer.Option(False, "--no-cache", help=HELP["no_cache"]),
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Out-of-distribution detection: AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR of each confidence score.
 

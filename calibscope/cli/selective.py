@@ -6,7 +6,22 @@ from pathlib import Path
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import (
+    HELP,
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    MeanOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    cli_errors,
+)
 from calibscope.cli.ood import HELP_LAYER, HELP_SCORES, HELP_SHRINKAGE, HELP_TEMPERATURE, HELP_TRAIN
 
 
@@ -24,25 +39,22 @@ def selective(
     train: Path | None = typer.Option(None, "--train", help=HELP_TRAIN, show_default=False),
     shrinkage: str = typer.Option("ledoit-wolf", "--shrinkage", help=HELP_SHRINKAGE),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
-    json_: bool = typer.Option(False, "--json", help=HELP["json"]),
+    json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
                                     "risk_coverage.png/.svg; numbers: selective.json.", show_default=False),
-    arch: str | None = typer.Option(None, "--arch", help=HELP["arch"], show_default=False),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False),
-    trust: bool = typer.Option(False, "--trust", help=HELP["trust"]),
-    device: str | None = typer.Option(None, "--device", help=HELP["device"] + " [default: auto]",
-                                      show_default=False),
-    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"], show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] +
-                                          " [default: 1024]", show_default=False),
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust: TrustOpt = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of each dataset.",
                                      show_default=False),
-    mean: str | None = typer.Option(None, "--mean", help=HELP["mean"], show_default=False),
-    std: str | None = typer.Option(None, "--std", help=HELP["std"], show_default=False),
-    split: str | None = typer.Option(None, "--split", help=HELP["split"], show_default=False),
-    label_column: str | None = typer.Option(None, "--label-column", help=HELP["label_column"],
-                                            show_default=False),
-    no_cache: bool = typer.Option(False, "--no-cache", help=HELP["no_cache"]),
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Selective classification: error among the kept examples as the least confident are dropped.
 
