@@ -48,6 +48,12 @@ _LAZY = {
     "top_hessian_eigenvalues": "calibscope.diagnostics.hessian",
     "hutchinson_trace": "calibscope.diagnostics.hessian",
     "lanczos_top_eigenvalues": "calibscope.diagnostics.hessian",
+    "RhoSharpness": "calibscope.diagnostics.sharpness",
+    "rho_sharpness": "calibscope.diagnostics.sharpness",
+    "LossSurface": "calibscope.diagnostics.landscape",
+    "LossLine": "calibscope.diagnostics.landscape",
+    "loss_surface": "calibscope.diagnostics.landscape",
+    "loss_along_line": "calibscope.diagnostics.landscape",
 }
 
 __all__ = sorted(_LAZY)
