@@ -13,8 +13,20 @@ from calibscope.errors import InputError
 
 
 def input_normaliser(inputs: torch.Tensor, mean, std, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 → float32 ÷ 255, then per-channel (images: dim 1) or per-feature standardisation."""
+    """uint8 → float32 ÷ 255, then per-channel (images: dim 1) or per-feature standardisation.
+
+    Other integer inputs (token ids) and named inputs (:class:`calibscope.feeding.KeywordInputs`) pass as they
+    are; ``mean``/``std`` do not apply to named inputs, and make integer features float.
+    """
     shape: Sequence[int] | None = None
+    if not isinstance(inputs, torch.Tensor):  # named inputs (input_ids, attention_mask, …)
+        if mean is not None:
+            raise InputError("--mean/--std apply to images and features, not to named (token) inputs; omit them")
+        return lambda x: x
+    keep_integers = mean is None and not inputs.dtype.is_floating_point and inputs.dtype not in (torch.uint8,
+                                                                                                  torch.bool)
+    if keep_integers:
+        return lambda x: x
     if mean is not None:
         n = len(mean)
         if inputs.ndim == 4:
@@ -40,18 +52,12 @@ def input_normaliser(inputs: torch.Tensor, mean, std, device: torch.device) -> C
     return convert
 
 
-def as_logits(out, batch: int) -> torch.Tensor:
-    """Accept a tensor, or a tuple/list/dict whose first tensor / ``logits`` entry is ``[batch, K]``."""
-    if isinstance(out, dict):
-        out = out.get("logits", next(iter(out.values()), None))
-    if isinstance(out, (tuple, list)):
-        out = out[0] if out else None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returned {type(out).__name__}, not a tensor of logits")
-    if out.ndim != 2 or out.shape[0] != batch:
-        raise InputError(f"the model returned shape {tuple(out.shape)} for a batch of {batch}; expected "
-                         f"[{batch}, num_classes] logits (is the input shape or normalisation right?)")
-    return out
+def as_logits(out, batch: int, *, width: int | None = None, output: str | int | None = None) -> torch.Tensor:
+    """The ``[batch, K]`` logits among a forward's outputs (see :func:`calibscope.model_outputs.select_logits`:
+    a tensor, the entry named ``logits``, the one of the classifier's ``width``, or the ``output`` named)."""
+    from calibscope.model_outputs import select_logits
+
+    return select_logits(out, batch, width=width, output=output)[0]
 
 
 def contiguous_shard(n: int, index: int, count: int, *, unit: int = 1) -> tuple[int, int]:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibscope.conventions import as_logits, contiguous_shard, input_normaliser
+from calibscope.conventions import contiguous_shard
 from calibscope.errors import InputError
 
 __all__ = [
@@ -252,7 +252,7 @@ def _validate_arguments(*, top, tol, examples, batch_size, max_hvp, trace_sample
 
 
 def _validate_data(inputs: torch.Tensor, labels: torch.Tensor | None) -> None:
-    if not isinstance(inputs, torch.Tensor):
+    if not isinstance(inputs, torch.Tensor) and not hasattr(inputs, "keys"):  # a tensor or KeywordInputs
         raise InputError(f"Expected `inputs` to be a tensor, but got {type(inputs).__name__}")
     if labels is None:
         raise InputError("the Hessian of the loss needs labels: the dataset has none")
@@ -436,7 +436,10 @@ class HessianOperator:
         resize_batches: bool = True,
         total: int | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output: str | int | None = None,
     ):
+        from calibscope.feeding import ModelCall
+
         self.model = model
         self.names = tuple(n for n, _ in parameters)
         self.params = [p for _, p in parameters]
@@ -457,7 +460,7 @@ class HessianOperator:
         self.batch_size = batch_size
         self.resize_batches = resize_batches
         self.n_hvp = 0
-        self._convert = input_normaliser(inputs, mean, std, self.device)
+        self._call = ModelCall(model, inputs, device=self.device, mean=mean, std=std, output=output)
         self.method = self._choose_method(method)
 
     # -- plumbing ------------------------------------------------------------------------------------------
@@ -465,12 +468,15 @@ class HessianOperator:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.n, self.batch_size):
             stop = min(self.n, start + self.batch_size)
-            x = self._convert(self.inputs[start:stop].to(self.device, non_blocking=True)).to(self.dtype)
+            x = self._call.prepare(self.inputs[start:stop].to(self.device, non_blocking=True))
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                x = x.to(self.dtype)
             y = self.labels[start:stop].to(self.device, torch.int64, non_blocking=True)
             yield x, y
 
-    def _loss_sum(self, logits, y: torch.Tensor) -> torch.Tensor:
-        logits = as_logits(logits, y.shape[0])
+    def _loss_sum(self, x, y: torch.Tensor, fn: Callable | None = None) -> torch.Tensor:
+        """Σ_i CE(model(x)_i, y_i) / total; ``fn``: the model called another way (``functional_call``)."""
+        logits = self._call.logits(x, fn)
         return F.cross_entropy(logits.to(self.dtype), y, reduction="sum") / self.total
 
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
@@ -503,7 +509,7 @@ class HessianOperator:
 
     def _hvp_double_backward(self, x, y, vs):
         with torch.enable_grad():
-            loss = self._loss_sum(self.model(x), y)
+            loss = self._loss_sum(x, y)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
             pairs = [(g, v) for g, v in zip(grads, vs, strict=True) if g is not None and g.requires_grad]
             if not pairs:
@@ -519,7 +525,7 @@ class HessianOperator:
         tangents = dict(zip(self.names, vs, strict=True))
 
         def loss_of(p):
-            return self._loss_sum(functional_call(self.model, p, (x,), strict=False), y)
+            return self._loss_sum(x, y, lambda *a, **k: functional_call(self.model, p, a, k, strict=False))
 
         with torch.enable_grad():
             _, hv = jvp(grad(loss_of), (primals,), (tangents,))
@@ -585,7 +591,7 @@ class HessianOperator:
 
     def _check_used(self, x, y) -> None:
         with _requires_grad(self.params), torch.enable_grad():
-            loss = self._loss_sum(self.model(x), y)
+            loss = self._loss_sum(x, y)
             if not loss.requires_grad:
                 raise InputError(f"the loss does not depend on the chosen parameters ({_describe(self.names)}): "
                                  "the model detaches them or they are not used")
@@ -610,14 +616,14 @@ class HessianOperator:
         total = torch.zeros((), dtype=torch.float64)
         with torch.no_grad():
             for x, y in self._batches():
-                total += float(self._loss_sum(self.model(x), y))
+                total += float(self._loss_sum(x, y))
         return float(total if self.reduce is None else self.reduce(total))
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ) as a flat vector."""
         def per_batch(x, y):
             with torch.enable_grad():
-                loss = self._loss_sum(self.model(x), y)
+                loss = self._loss_sum(x, y)
                 return self._flat(torch.autograd.grad(loss, self.params, allow_unused=True))
 
         with _requires_grad(self.params):
@@ -873,6 +879,7 @@ def top_hessian_eigenvalues(
     hvp_method: HvpMethod = "auto",
     part: tuple[int, int] = (0, 1),
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    output: str | int | None = None,
 ) -> HessianSpectrum:
     """λ1 ≥ … ≥ λ_top of the Hessian of the mean cross-entropy on a seeded subset, with residual bounds.
 
@@ -895,6 +902,8 @@ def top_hessian_eigenvalues(
         part, reduce: across processes, ``(index, count)`` — this process takes the index-th of ``count``
             contiguous parts of the subset (whole batches when ``bn="train"``) — and the function that sums a
             tensor over the processes (e.g. an ``all_reduce``); every process gets the same result.
+        output: which of a non-tensor output holds the logits (``--output KEY|INDEX``; see
+            :func:`calibscope.model_outputs.select_logits`).
 
     Returns:
         :class:`HessianSpectrum`; ``eigenvalues`` descending, ``ratio`` = λ1/λ_top.
@@ -924,7 +933,7 @@ def top_hessian_eigenvalues(
     with _tf32_off(), _model_mode(model, bn) as has_bn:
         op = HessianOperator(model, sub_inputs, sub_labels, parameters=chosen, batch_size=batch_size, mean=mean,
                              std=std, method=hvp_method, resize_batches=not (bn == "train" and has_bn),
-                             total=int(indices.numel()), reduce=reduce)
+                             total=int(indices.numel()), reduce=reduce, output=output)
         device, dtype = op.device, op.dtype
         _sync(device)
         t0 = time.perf_counter()
@@ -963,7 +972,7 @@ def _per_layer(model, inputs, labels, chosen, op: HessianOperator, *, tol, max_h
     for layer, members in groups.items():
         sub = HessianOperator(model, inputs, labels, parameters=members, batch_size=op.batch_size, mean=mean,
                               std=std, method=op.method, resize_batches=op.resize_batches, total=op.total,
-                              reduce=op.reduce)
+                              reduce=op.reduce, output=op._call.output)
         res = lanczos_top_eigenvalues(sub, sub.dim, k=1, tol=tol, max_matvec=max_hvp, seed=seed,
                                       device=sub.device, dtype=sub.dtype)
         out.append(LayerEigenvalue(layer=layer, n_params=sub.dim, eigenvalue=res.eigenvalues[0],

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from calibscope.conventions import as_logits, input_normaliser
 from calibscope.errors import InputError
+from calibscope.feeding import ModelCall
 from calibscope.inference.device import autocast_dtype, resolve_device
 from calibscope.inference.features import attach_feature_tap
 from calibscope.inference.outputs import Outputs
@@ -43,6 +43,7 @@ class InferenceOptions:
     std: tuple[float, ...] | None = None
     capture_features: bool = False
     layer: str | None = None
+    output: str | int | None = None  # --output: which of a non-tensor output holds the logits
 
 
 def _validate_options(options: InferenceOptions) -> None:
@@ -146,6 +147,16 @@ def _prepare_model(model: nn.Module, device: torch.device, channels_last: bool) 
     return model
 
 
+def _model_call(model: nn.Module, inputs, device: torch.device, options: InferenceOptions,
+                notify: Callable[[str], None]) -> ModelCall:
+    call = ModelCall(model, inputs, device=device, mean=options.mean, std=options.std, output=options.output,
+                     notify=notify)
+    if call.static_batch is not None and options.batch_size != call.static_batch:
+        notify(f"the exported program was exported for batch size {call.static_batch}: running batches of "
+               f"{call.static_batch} (the last one padded) instead of {options.batch_size}")
+    return call
+
+
 def run_inference(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -166,13 +177,13 @@ def run_inference(
         raise InputError("the dataset is empty: nothing to run the model on")
     device = resolve_device(options.device)
     amp_dtype = autocast_dtype(options.precision)
-    channels_last = device.type == "cuda" and inputs.ndim == 4
+    channels_last = device.type == "cuda" and inputs.ndim == 4 and isinstance(inputs, torch.Tensor)
     notify = on_notice or (lambda msg: print(f"calibscope: {msg}", file=sys.stderr))
     model = _prepare_model(model, device, channels_last)
-    convert = input_normaliser(inputs, options.mean, options.std, device)
+    call = _model_call(model, inputs, device, options, notify)
     n = inputs.shape[0]
     tap = None
-    state = {"bs": options.batch_size, "halved": False}
+    state = {"bs": options.batch_size if call.static_batch is None else call.static_batch, "halved": False}
     logits_parts: list[torch.Tensor] = []
     feature_parts: list[torch.Tensor] = []
     show = sys.stderr.isatty() if progress is None else progress
@@ -185,24 +196,23 @@ def run_inference(
             while start < n:
                 try:
                     for s, e, x in batches.iterate(lambda: state["bs"], start):
-                        x = convert(x)
+                        x = call.prepare(x)
                         if amp_dtype is not None:
                             with torch.autocast(device_type=device.type, dtype=amp_dtype):
-                                out = model(x)
+                                out = call.logits(x)
                         else:
-                            out = model(x)
-                        out = as_logits(out, e - s)
+                            out = call.logits(x)
                         if options.capture_features and tap is None:
-                            tap = attach_feature_tap(model, out.shape[1], layer=options.layer)
-                            model = tap.model
-                            out = as_logits(model(x), e - s)  # first batch again, now recorded
+                            tap = attach_feature_tap(call.model, out.shape[1], layer=options.layer)
+                            call.model = tap.model
+                            out = call.logits(x)  # first batch again, now recorded
                         if tap is not None:
-                            feature_parts.append(tap.take().float())
+                            feature_parts.append(tap.take()[: e - s].float())
                         logits_parts.append(out.float())
                         start = e
                         bar.advance(e - s)
                 except Exception as exc:  # noqa: BLE001
-                    if not (device.type == "cuda" and _is_oom(exc)) or state["bs"] == 1:
+                    if not (device.type == "cuda" and _is_oom(exc)) or state["bs"] == 1 or call.static_batch:
                         raise
                     torch.cuda.empty_cache()
                     state["bs"] = max(1, state["bs"] // 2)
@@ -232,6 +242,10 @@ def run_inference(
     }
     if tap is not None:
         meta["feature_layer"] = tap.layer_name
+    if call.chosen_output is not None:
+        meta["output"] = call.chosen_output
+    if call.static_batch is not None:
+        meta["static_batch_size"] = call.static_batch
     return Outputs(
         logits=logits.contiguous(),
         labels=None if labels is None else labels.to(torch.int64).cpu(),

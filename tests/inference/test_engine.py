@@ -107,7 +107,9 @@ def _fake_cuda_tensors(monkeypatch, request):
     monkeypatch.setattr(engine, "_Batches", lambda inputs, device, cl: orig_batches(inputs, torch.device("cpu"),
                                                                                      False))
     monkeypatch.setattr(engine, "_prepare_model", lambda m, d, cl: orig_prepare(m, torch.device("cpu"), False))
-    monkeypatch.setattr(engine, "input_normaliser", _cpu_normaliser(engine.input_normaliser))
+    import calibscope.feeding as feeding
+
+    monkeypatch.setattr(feeding, "input_normaliser", _cpu_normaliser(feeding.input_normaliser))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake")
