@@ -31,9 +31,10 @@ two columns; rows holding NaN/Inf are left to the central checks) also when stor
 logits with :math:`\\log(\\max(p, \\text{tiny}_{\\text{float32}}))`, so that ``softmax`` gives ``p`` back.
 
 Safety: nothing in a file is allowed to run code unless ``trust=True``. Pickles are read with
-``weights_only=True``; ``.pt2`` archives are checked for pickled members first (``torch.export.load`` itself
-would unpickle them with ``weights_only=False``); an architecture named by a file's metadata is limited to
-``calibscope.*``, ``torchvision:`` and ``timm:`` (see :mod:`calibscope.loading.arch`).
+``weights_only=True``; ``.pt2`` archives are vetted by :mod:`calibscope.loading.pt2_safety` first (guard code,
+symbolic expressions, node targets and every pickled member must have the form ``torch.export.save`` writes,
+because ``torch.export.load`` would ``exec``/``eval``/unpickle them); an architecture named by a file's metadata
+is limited to ``calibscope.*``, ``torchvision:`` and ``timm:`` (see :mod:`calibscope.loading.arch`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from typing import Any
 import torch
 
 from calibscope.errors import InputError, UntrustedFileError
-from calibscope.loading import files
+from calibscope.loading import files, pt2_safety
 from calibscope.loading.arch import build_architecture
 from calibscope.loading.types import Checkpoint, LogitsCheckpoint, LogitsFormat, LogitsRows, ModelCheckpoint
 
@@ -119,8 +120,11 @@ def load_checkpoint(
 
 
 def _load_export(p: Path, *, trust: bool) -> ModelCheckpoint:
-    if not trust:
-        _refuse_pickled_export_members(p)
+    if trust:
+        with zipfile.ZipFile(p) as zf:
+            pt2_safety.check_archive_structure(p, zf)
+    else:
+        pt2_safety.vet_export_archive(p)
     extra = {EXTRA_FILE: ""}
     with _captured_torch_export_log() as records:
         try:
@@ -131,49 +135,6 @@ def _load_export(p: Path, *, trust: bool) -> ModelCheckpoint:
         module.eval()
     metadata = _decode_metadata(p, _parse_extra_file(p, extra[EXTRA_FILE]), prefix="")
     return ModelCheckpoint(module, "export", p, files.file_sha256(p), metadata)
-
-
-def _refuse_pickled_export_members(p: Path) -> None:
-    """``torch.export.load`` unpickles some members with ``weights_only=False``; check those first."""
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = zf.namelist()
-            suspects = [n for n in names if n.endswith(".pt")]  # sample inputs, legacy weights/constants
-            for name in names:
-                if not name.endswith(("_weights_config.json", "_constants_config.json")):
-                    continue
-                folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-                try:
-                    entries = json.loads(zf.read(name)).get("config", {})
-                except (ValueError, AttributeError):
-                    continue  # torch will report the broken archive
-                for entry in entries.values() if isinstance(entries, dict) else ():
-                    path_name = str(entry.get("path_name", "")) if isinstance(entry, dict) else ""
-                    if path_name.startswith(("weight_", "tensor_")):
-                        if entry.get("use_pickle"):
-                            suspects.append(folder + path_name)
-                    elif not path_name.startswith("custom_obj_"):  # TorchScript objects: jit unpickler
-                        raise _untrusted_export(p, folder + path_name, "a pickled Python object")
-            for name in suspects:
-                if name not in names:
-                    continue
-                try:
-                    torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
-                except pickle.UnpicklingError as exc:
-                    found = _pickled_global(exc)
-                    raise _untrusted_export(p, name, "pickled Python code" + (f" (it references {found})"
-                                                                               if found else "")) from None
-                except Exception:  # noqa: BLE001 - not our concern here; torch reports it
-                    continue
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"{files.display(p)} is a corrupt or truncated .pt2 archive ({exc})") from None
-
-
-def _untrusted_export(p: Path, member: str, what: str) -> UntrustedFileError:
-    return UntrustedFileError(
-        f"{files.display(p)} is a .pt2 archive whose member '{member}' holds {what}; loading it would run code "
-        "from the file. Re-export it with torch.export.save from plain tensors, or pass --trust if you trust "
-        "its author")
 
 
 @contextlib.contextmanager
