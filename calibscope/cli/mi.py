@@ -41,12 +41,15 @@ def mi(
     repetitions: int = typer.Option(3, "--repetitions", "-r", help="Independent repetitions of the draws; the "
                                     "spread is the standard deviation of Î over them."),
     shift: int | None = typer.Option(None, "--shift", help="Largest random translation in pixels, zero padding "
-                                     "(images) \\[default: 4, the CIFAR recipe].", show_default=False),
-    no_flip: bool = typer.Option(False, "--no-flip", help="No random horizontal flips (for data where a flip "
-                                 "changes the class: digits, text)."),
-    augment: str | None = typer.Option(None, "--augment", help="shift (images; the default), noise:σ (Gaussian "
-                                       "input noise in the data's units, for non-image data) or shift+noise:σ.",
-                                       show_default=False),
+                                     "(images; selects --augment shift) \\[default: 4, the CIFAR recipe].",
+                                     show_default=False),
+    no_flip: bool = typer.Option(False, "--no-flip", help="No random horizontal flips with --augment shift/paper "
+                                 "(for data where a flip changes the class: digits, text)."),
+    augment: str | None = typer.Option(None, "--augment", help="noise:σ (Gaussian input noise in the data's "
+                                       "units; the default, σ = 0.05), paper (±4 px shift + flip, Müller et al.'s "
+                                       "CIFAR recipe), shift (±--shift px + flip) or shift+noise:σ. Use one the "
+                                       "model was trained with: the premise check warns when the training "
+                                       "predictions change under it.", show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of the example choice and of every augmentation."),
     labels: str | None = typer.Option(None, "--labels", help="Comma-separated x-axis labels, one per "
                                       "checkpoint in the order given (numbers give a numeric axis, e.g. "
@@ -68,17 +71,22 @@ def mi(
 ) -> None:
     """Mutual information between training example and logit gap, against checkpoint.
 
-    For classes a, b: N examples (300 + 300 by default) each get L augmented draws (random shift with zero
-    padding + horizontal flip); Y = z_a − z_b. With μ_x the mean of example x's draws and σ² the pooled
-    within-example variance, Î = mean over draws of [−(y − μ_x)²/2σ² − log (1/N) Σ_x' exp(−(y − μ_x')²/2σ²)]
-    (Müller et al. 2019 §4, App. A.2), between 0 and log N. Hard targets keep examples apart (towards log N);
-    label smoothing erases them (towards log 2). With L = 5 Î is biased upwards by about 0.1 nats.
+    For classes a, b: N examples (300 + 300 by default) each get L augmented draws (default: Gaussian input
+    noise σ = 0.05; --augment paper: Müller's random shift with zero padding + horizontal flip); Y = z_a − z_b.
+    With μ_x the mean of example x's draws and σ² the pooled within-example variance,
+    Î = mean over draws of [−(y − μ_x)²/2σ² − log (1/N) Σ_x' exp(−(y − μ_x')²/2σ²)]
+    (Müller et al. 2019 §4, App. A.2), between 0 and log N: log N when every example keeps its own gap, log 2
+    when only the class is left. With L = 5 Î is biased upwards by about 0.1 nats. The augmentation must be
+    one the model is invariant to (Müller's d(·) is a training augmentation): each checkpoint's accuracy and
+    prediction agreement under it are reported, with a warning below 90 % agreement.
 
     Examples:
 
       calibscope mi ckpts/epoch_*.pt2 --data train.npz --classes cat,dog --out figs/
 
-      calibscope mi hard.pt2 ls.pt2 --data digits_train.npz --classes 3,5 --shift 1 --no-flip
+      calibscope mi hard.pt2 ls.pt2 --data digits_train.npz --classes 3,5 --augment noise:0.05
+
+      calibscope mi cifar_epoch_*.pt2 --data cifar_train/ --classes cat,dog --augment paper
 
       calibscope mi model.pt2 --data table.csv --classes 0,1 --augment noise:0.05 --json
     """
@@ -121,7 +129,7 @@ def mi(
         )
         from calibscope.render import mi_view
 
-        augmentation = _augmentation(augment, shift, no_flip, is_image=dataset.is_image)
+        augmentation = _augmentation(augment, shift, no_flip, dataset=dataset)
         validate_augmentation(augmentation, tuple(dataset.inputs.shape))
         if draws < 2:
             raise InputError(f"--draws must be at least 2 (the within-example variance σ² needs two draws of "
@@ -257,33 +265,9 @@ def _name(index: int, class_names: tuple[str, ...] | None) -> str:
     return class_names[index] if class_names is not None and index < len(class_names) else str(index)
 
 
-def _augmentation(spec: str | None, shift: int | None, no_flip: bool, *, is_image: bool):
+def _augmentation(spec: str | None, shift: int | None, no_flip: bool, *, dataset):
     """``--augment`` / ``--shift`` / ``--no-flip`` → :class:`~calibscope.inference.augment.Augmentation`."""
-    from calibscope.errors import InputError
-    from calibscope.inference.augment import Augmentation
+    from calibscope.inference.augment import augmentation_from_options
 
-    use_shift, noise = is_image, 0.0
-    if spec is not None:
-        use_shift = False
-        for part in spec.replace(" ", "").lower().split("+"):
-            if part == "shift":
-                use_shift = True
-            elif part.startswith("noise:"):
-                try:
-                    noise = float(part.removeprefix("noise:"))
-                except ValueError:
-                    raise InputError(f"--augment noise:σ expects a number, e.g. noise:0.05, got '{spec}'") from None
-                if not noise > 0 or noise == float("inf"):
-                    raise InputError(f"--augment noise:σ expects a positive standard deviation, got '{spec}'")
-            else:
-                raise InputError(f"--augment expects shift, noise:σ or shift+noise:σ, got '{spec}'")
-    elif not is_image:
-        raise InputError("the data are not images [N, C, H, W], so shifts and flips do not apply: pass "
-                         "--augment noise:σ (Gaussian input noise in the data's units), e.g. --augment noise:0.05")
-    if not use_shift:
-        if shift is not None:
-            raise InputError("--shift applies to --augment shift; use --augment shift+noise:σ to combine them")
-        return Augmentation(shift=0, flip=False, noise=noise)
-    if shift is not None and shift < 0:
-        raise InputError(f"--shift must be a whole number of pixels ≥ 0, got {shift}")
-    return Augmentation(shift=4 if shift is None else shift, flip=not no_flip, noise=noise)
+    return augmentation_from_options(spec, shift=shift, no_flip=no_flip, input_shape=tuple(dataset.inputs.shape),
+                                     input_dtype=dataset.inputs.dtype)

@@ -67,7 +67,7 @@ _MI_CLASSES = typer.Option(None, "--mi-classes", help="MI: the two classes a,b o
                            "\\[default: the first two classes of the projection].", show_default=False)
 _MI_EXAMPLES = typer.Option(300, "--mi-examples", help="MI: examples per class (Müller et al.: 300).")
 _MI_DRAWS = typer.Option(5, "--mi-draws", help="MI: augmented draws per example (L ≥ 2).")
-_MI_AUGMENT = typer.Option(None, "--mi-augment", help="MI: shift (images; default), noise:σ or shift+noise:σ.",
+_MI_AUGMENT = typer.Option(None, "--mi-augment", help="MI: noise:σ (default σ = 0.05), paper, shift or shift+noise:σ.",
                            show_default=False)
 _MI_SHIFT = typer.Option(None, "--mi-shift", help="MI: largest random shift in pixels \\[default: 4].",
                          show_default=False)
@@ -612,7 +612,7 @@ def _mi(ctx: _Context) -> Section:
     else:
         indices = ctx.class_choice().indices
         pair = (indices[0], indices[1])
-    augmentation = _augmentation(raw["mi_augment"], raw["mi_shift"], raw["mi_no_flip"], is_image=dataset.is_image)
+    augmentation = _augmentation(raw["mi_augment"], raw["mi_shift"], raw["mi_no_flip"], dataset=dataset)
     validate_augmentation(augmentation, tuple(dataset.inputs.shape))
     index = class_pair_examples(dataset.labels, pair, per_class=o.mi_examples, seed=o.seed)
     chosen_labels = dataset.labels[index]

@@ -35,6 +35,13 @@ the bias does not change the direction of a comparison.
 estimate is the mean of the R per-repetition estimates and ``spread_nats`` is their sample standard deviation
 (the variability due to the random augmentations). With one repetition there is no spread (``None``).
 
+**Premise.** Müller et al.'s d(·) is an augmentation the network was *trained* with: the L draws of an example
+are still that example to the network. An augmentation that changes the training predictions (a shift + flip
+on a network trained without them) adds within-example variance that has nothing to do with the network's
+memory of the example, and Î then measures the augmentation. :func:`augmentation_check` reports, on the same
+examples, the accuracy without and under the augmentation and the fraction of draws whose prediction equals
+the unaugmented one; below :data:`DEFAULT_MIN_AGREEMENT` (90 %) the premise is taken not to hold.
+
 The functions are pure: no I/O, no printing, and they run on the device the tensors are on (float64; MPS,
 which has no float64, computes on the CPU).
 """
@@ -52,12 +59,16 @@ import torch
 from calibscope.errors import InputError
 
 __all__ = [
+    "DEFAULT_MIN_AGREEMENT",
+    "AugmentationCheck",
     "LogitGapMutualInformation",
+    "augmentation_check",
     "class_pair_examples",
     "logit_gap_mutual_information",
     "logit_gaps",
 ]
 
+DEFAULT_MIN_AGREEMENT = 0.9  # below this prediction agreement the augmentation changes what the model says
 _F64 = torch.float64
 _LN2 = math.log(2.0)
 # elements of one [chunk, N] block of the log-sum-exp (float64: 32 MiB)
@@ -287,3 +298,76 @@ def logit_gaps(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
         if not 0 <= c < k:
             raise InputError(f"class {c} is out of range: the logits have {k} classes (0 … {k - 1})")
     return logits[..., a] - logits[..., b]
+
+
+# --------------------------------------------------------------------------------------------------------
+# the premise: does the augmentation keep the model's predictions?
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentationCheck:
+    """Does the augmentation keep the model's predictions on the chosen (training) examples?
+
+    ``accuracy``: without augmentation. ``augmented_accuracy``: over all augmented draws. ``agreement``: the
+    fraction of draws whose top class equals the example's unaugmented top class. ``premise_holds``:
+    ``agreement ≥ min_agreement``.
+    """
+
+    accuracy: float
+    augmented_accuracy: float
+    agreement: float
+    min_agreement: float
+    n_examples: int
+    n_draws: int
+
+    @property
+    def premise_holds(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+
+def augmentation_check(
+    clean_logits: torch.Tensor,
+    augmented_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> AugmentationCheck:
+    r"""Accuracy and prediction agreement under the augmentation (the premise of Müller et al.'s estimator).
+
+    Args:
+        clean_logits: ``[N, K]`` logits of the N examples without augmentation.
+        augmented_logits: ``[N, L, K]`` or ``[R, N, L, K]`` logits of their augmented draws.
+        labels: ``[N]`` true classes.
+        min_agreement: the fraction of draws that must keep the unaugmented prediction (default 0.9).
+
+    .. math::
+
+        \text{agreement} = \frac{1}{R N L} \sum_{r, x, l}
+            [\arg\max_k z^{(r)}_{xlk} = \arg\max_k z_{xk}]
+    """
+    if not isinstance(clean_logits, torch.Tensor) or clean_logits.ndim != 2:
+        raise InputError("Expected argument `clean_logits` to be a tensor of shape [N, K]")
+    aug = augmented_logits
+    if not isinstance(aug, torch.Tensor) or aug.ndim not in (3, 4):
+        raise InputError("Expected argument `augmented_logits` to be a tensor of shape [N, L, K] or [R, N, L, K]")
+    if aug.ndim == 3:
+        aug = aug.unsqueeze(0)
+    n, k = (int(s) for s in clean_logits.shape)
+    if int(aug.shape[1]) != n or int(aug.shape[3]) != k:
+        raise InputError(f"the augmented logits {list(aug.shape)} do not match the clean ones {[n, k]}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
+        raise InputError(f"Expected argument `labels` to have shape [{n}]")
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, numbers.Real) or not 0 <= min_agreement <= 1:
+        raise InputError(f"Expected argument `min_agreement` to be a number in [0, 1], but got {min_agreement!r}")
+    clean_pred = clean_logits.argmax(dim=1).cpu()
+    aug_pred = aug.argmax(dim=3).cpu()  # [R, N, L]
+    y = labels.cpu().to(torch.int64)
+    return AugmentationCheck(
+        accuracy=float((clean_pred == y).double().mean()),
+        augmented_accuracy=float((aug_pred == y[None, :, None]).double().mean()),
+        agreement=float((aug_pred == clean_pred[None, :, None]).double().mean()),
+        min_agreement=float(min_agreement),
+        n_examples=n,
+        n_draws=int(aug.shape[0] * aug.shape[2]),
+    )

@@ -34,8 +34,11 @@ from calibscope.inference import distributed
 from calibscope.inference.engine import InferenceOptions, run_inference
 
 __all__ = [
+    "DEFAULT_NOISE",
+    "PAPER_SHIFT",
     "AugmentedLogits",
     "Augmentation",
+    "augmentation_from_options",
     "augmented_logits",
     "gaussian_noise_rows",
     "shift_and_flip",
@@ -43,6 +46,8 @@ __all__ = [
     "with_checkpoint_normalisation",
 ]
 
+DEFAULT_NOISE = 0.05  # σ of the default perturbation, in the data's units ([0, 1] for uint8 images)
+PAPER_SHIFT = 4  # Müller et al.'s CIFAR recipe: shift by up to 4 px (zero padding) + horizontal flip
 _NOISE_BLOCK = 64  # rows of noise drawn from one seeded CPU generator
 _SEED_MASK = (1 << 63) - 1
 
@@ -92,6 +97,62 @@ def validate_augmentation(augmentation: Augmentation, input_shape: tuple[int, ..
     if shift and len(shape) == 4 and shift >= min(shape[2], shape[3]):
         raise InputError(f"a shift of up to {shift} px does not fit {shape[2]}×{shape[3]} images (the image "
                          f"could leave the frame entirely); use --shift below {min(shape[2], shape[3])}")
+
+
+def augmentation_from_options(spec: str | None, *, shift: int | None = None, no_flip: bool = False,
+                              input_shape: tuple[int, ...], input_dtype: torch.dtype) -> Augmentation:
+    """The augmentation named by ``--augment`` / ``--shift`` / ``--no-flip``, or the default for the input kind.
+
+    Names: ``paper`` (shift ±4 px with zero padding + horizontal flip: Müller et al.'s CIFAR recipe), ``shift``
+    (±``shift`` px, default 4, + flip unless ``no_flip``), ``noise`` or ``noise:σ`` (Gaussian input noise,
+    σ in the data's units, default 0.05), ``shift+noise:σ``.
+
+    Default (no ``spec``; ``shift``/``no_flip`` alone select ``shift``): Gaussian noise σ = 0.05 for every
+    floating-point or uint8 input. Why: Müller et al.'s d(·) is an augmentation *the network was trained with*,
+    so that the draws of one example stay that example; a shift + flip changes the predictions of a network
+    trained without it (the shipped digits models lose half their training accuracy under ±4 px + flip), and
+    then Î measures the augmentation, not the model. Small input noise is the perturbation almost every network
+    is invariant to; the premise check (:func:`calibscope.diagnostics.mutual_information.augmentation_check`)
+    tells when even it is not. Integer inputs other than uint8 (token ids) have no meaningful default.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    is_image = len(shape) == 4
+    if spec is None:
+        if shift is not None or no_flip:
+            spec = "shift"
+        elif input_dtype.is_floating_point or input_dtype == torch.uint8:
+            return Augmentation(shift=0, flip=False, noise=DEFAULT_NOISE)
+        else:
+            raise InputError(f"the inputs are integers ({str(input_dtype).removeprefix('torch.')}, e.g. token ids): "
+                             "no augmentation keeps their meaning, so there is no default; the logit-gap MI needs "
+                             "an augmentation the model was trained with")
+    use_shift, flip, noise = False, False, 0.0
+    for part in spec.replace(" ", "").lower().split("+"):
+        if part == "paper":
+            use_shift, flip = True, not no_flip
+        elif part == "shift":
+            use_shift, flip = True, not no_flip
+        elif part == "noise":
+            noise = DEFAULT_NOISE
+        elif part.startswith("noise:"):
+            try:
+                noise = float(part.removeprefix("noise:"))
+            except ValueError:
+                raise InputError(f"--augment noise:σ expects a number, e.g. noise:0.05, got '{spec}'") from None
+            if not noise > 0 or noise == float("inf"):
+                raise InputError(f"--augment noise:σ expects a positive standard deviation, got '{spec}'")
+        else:
+            raise InputError(f"--augment expects paper, shift, noise, noise:σ or shift+noise:σ, got '{spec}'")
+    if not use_shift:
+        if shift is not None:
+            raise InputError("--shift applies to --augment shift; use --augment shift+noise:σ to combine them")
+        return Augmentation(shift=0, flip=False, noise=noise)
+    if not is_image:
+        raise InputError(f"the data are not images [N, C, H, W] (shape {list(shape)}), so shifts and flips do not "
+                         "apply: use --augment noise:σ (Gaussian input noise in the data's units)")
+    if shift is not None and shift < 0:
+        raise InputError(f"--shift must be a whole number of pixels ≥ 0, got {shift}")
+    return Augmentation(shift=PAPER_SHIFT if shift is None else shift, flip=flip, noise=noise)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -175,7 +236,8 @@ def _block_seed(seed: int, block: int) -> int:
 
 @dataclass(frozen=True)
 class AugmentedLogits:
-    """``logits`` float32 ``[R, N, L, K]`` on the CPU: repetition r, example n, draw l.
+    """``logits`` float32 ``[R, N, L, K]`` on the CPU: repetition r, example n, draw l; ``clean_logits``
+    ``[N, K]``: the same examples without augmentation (for the premise check).
 
     ``meta``: how they were produced (the inference engine's device/precision/batch size of the first run,
     the augmentation, seed, draws, repetitions).
@@ -185,6 +247,7 @@ class AugmentedLogits:
     augmentation: Augmentation
     seed: int
     meta: dict[str, Any]
+    clean_logits: torch.Tensor | None = None
 
 
 class _AugmentedModel(nn.Module):
@@ -312,8 +375,13 @@ def augmented_logits(
                 meta = dict(out.meta)
             logits[:, r, draw, :] = out.logits
             seconds += float(out.meta.get("seconds") or 0.0)
+    clean = None
+    if stop > start:  # the same rows without augmentation: does the augmentation keep the predictions?
+        clean = run_inference(model, inputs[start:stop], None, options=options, on_notice=on_notice,
+                              progress=False).logits.to(torch.float32)
     if group is not None:  # rows [N, R, L, K] of every rank, in order; rank 0's meta; the slowest rank's time
         logits = group.all_gather_rows(logits)
+        clean = group.all_gather_rows(clean)
         meta = group.broadcast_object(meta)
         seconds = float(group.all_gather_rows(torch.tensor([[seconds]], dtype=torch.float64)).max())
         meta["distributed"] = {"world_size": group.world_size, "backend": group.backend}
@@ -322,7 +390,7 @@ def augmented_logits(
     meta.update({"augmentation": augmentation.describe(), "seed": int(seed), "draws": l_count,
                  "repetitions": r_count, "rows": rows, "seconds": seconds,
                  "examples_per_second": rows / seconds if seconds > 0 else None})
-    return AugmentedLogits(logits=logits, augmentation=augmentation, seed=int(seed), meta=meta)
+    return AugmentedLogits(logits=logits, augmentation=augmentation, seed=int(seed), meta=meta, clean_logits=clean)
 
 
 def with_checkpoint_normalisation(options: InferenceOptions, metadata: dict[str, Any]) -> InferenceOptions:
