@@ -22,3 +22,8 @@ class UntrustedFileError(InputError):
 
 class GateFailed(CalibscopeError):
     """A quality gate (e.g. ``--max-ece``) failed. Exit code 1."""
+
+
+class InputNote(UserWarning):
+    """Something about the input that calibscope noticed and handled (e.g. a pandas index column it ignored).
+    Shown once, as one line (``calibscope: warning: …``); never changes the exit code."""

@@ -85,8 +85,7 @@ def _from_logits_file(checkpoint, dataset) -> Outputs:
             raise InputError(f"'{checkpoint.path}' has {checkpoint.logits.shape[0]} rows of logits but "
                              f"'{dataset.source}' has {labels.shape[0]} labels")
     if labels is None:
-        raise InputError(f"'{checkpoint.path}' holds no labels: save them in the file as 'labels' or pass "
-                         "--data with a labelled dataset in the same order")
+        raise InputError(no_labels_message(checkpoint.path))
     return Outputs(logits=checkpoint.logits, labels=labels, meta={
         "device": "none (logits file)", "precision": "as stored", "checkpoint_format": checkpoint.format,
         "checkpoint_sha256": checkpoint.sha256, "from_probabilities": checkpoint.from_probabilities})
@@ -218,12 +217,18 @@ def output_shard(
                        lambda a, b: local_logits[a - start:b - start], source, claimed)
 
 
+def no_labels_message(path) -> str:
+    """What to say when a logits file comes without labels (e.g. a bare ``.npy`` of logits)."""
+    return (f"'{path}' holds logits but no labels: pass them with --labels FILE (class indices or one-hot rows, "
+            "e.g. np.save('labels.npy', y)), save them in the file as 'labels', or pass --data with a labelled "
+            "dataset in the same order")
+
+
 def _logits_file_labels(path, n: int, labels, dataset) -> torch.Tensor:
     if labels is None and dataset is not None:
         labels = dataset.labels
         if labels is not None and labels.shape[0] != n:
             raise InputError(f"'{path}' has {n} rows of logits but '{dataset.source}' has {labels.shape[0]} labels")
     if labels is None:
-        raise InputError(f"'{path}' holds no labels: save them in the file as 'labels' or pass "
-                         "--data with a labelled dataset in the same order")
+        raise InputError(no_labels_message(path))
     return labels

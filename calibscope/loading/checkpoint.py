@@ -40,12 +40,11 @@ is limited to ``calibscope.*``, ``torchvision:`` and ``timm:`` (see :mod:`calibs
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,7 +52,7 @@ from typing import Any
 
 import torch
 
-from calibscope.errors import InputError, UntrustedFileError
+from calibscope.errors import InputError, InputNote, UntrustedFileError
 from calibscope.loading import files, pt2_safety
 from calibscope.loading.arch import build_architecture
 from calibscope.loading.types import Checkpoint, LogitsCheckpoint, LogitsFormat, LogitsRows, ModelCheckpoint
@@ -64,7 +63,6 @@ METADATA_PREFIX = "calibscope."  # safetensors metadata keys
 EXTRA_FILE = "calibscope.json"  # extra file of .pt2 / TorchScript archives
 _LOGITS_KEYS = ("logits", "probs")
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
-_LABEL_COLUMNS = ("label", "labels", "y", "target")
 _PROB_TOLERANCE = 1e-4
 _SUPPORTED = ("Supported: .pt2 (torch.export), TorchScript, state_dict/.pth/.bin with --arch, safetensors, "
               "pickled nn.Module with --trust, logits/probabilities files (.npz .npy .pt .safetensors .csv)")
@@ -470,82 +468,15 @@ def _load_numpy(p: Path, kind: str) -> LogitsCheckpoint:
 
 
 def _load_csv(p: Path) -> LogitsCheckpoint:
-    import numpy as np
+    """A logits/probabilities CSV (see :mod:`calibscope.loading.logits_csv`); its notes are said once."""
+    from calibscope.loading.logits_csv import read_logits_csv
 
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {files.display(p)} as text ({exc})") from None
-    lines = text.splitlines()
-    header_index = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if header_index is None:
-        raise InputError(f"{files.display(p)} is empty; expected a CSV with a header row")
-    delimiter = _csv_delimiter(lines[header_index])
-    header = [h.strip() for h in next(csv.reader([lines[header_index]], delimiter=delimiter))]
-    if all(_is_number(h) for h in header):
-        raise InputError(f"{files.display(p)} has no header row; add one naming the columns, e.g. "
-                         "'logit_0,logit_1,…,label' (a label/labels/y/target column holds the labels)")
-    label_columns = [i for i, h in enumerate(header) if h.lower() in _LABEL_COLUMNS]
-    if len(label_columns) > 1:
-        raise InputError(f"{files.display(p)} has several label columns "
-                         f"({', '.join(repr(header[i]) for i in label_columns)}); keep one")
-    value_columns = [i for i in range(len(header)) if i not in label_columns]
-    if not value_columns:
-        raise InputError(f"{files.display(p)} has only a label column; add one column of logits (or "
-                         "probabilities) per class")
-
-    values = _csv_numbers(p, text, lines, header_index, header, delimiter)
-    if values.shape[0] == 0:
-        raise InputError(f"{files.display(p)} has a header but no data rows")
-    labels = values[:, label_columns[0]] if label_columns else None
-    logits = np.ascontiguousarray(values[:, value_columns])
-    return _logits_checkpoint(p, "csv", logits, labels, key="logits",
-                              class_names=[header[i] for i in value_columns])
-
-
-def _csv_delimiter(header_line: str) -> str:
-    counts = {d: header_line.count(d) for d in (",", ";", "\t")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def _csv_numbers(p: Path, text: str, lines: list[str], header_index: int, header: list[str],
-                 delimiter: str) -> Any:
-    """All data cells as float64 ``[N, columns]``: numpy's fast reader, or a precise message on failure."""
-    import numpy as np
-
-    try:
-        values = np.loadtxt(io.StringIO(text), delimiter=delimiter, skiprows=header_index + 1, ndmin=2,
-                            dtype=np.float64, comments=None, quotechar='"', encoding=None)
-        if values.shape[0] == 0 or values.shape[1] == len(header):
-            return values.reshape(values.shape[0], len(header))
-    except ValueError:
-        pass
-    rows: list[list[float]] = []
-    for line_no, row in enumerate(csv.reader(lines[header_index + 1:], delimiter=delimiter),
-                                  start=header_index + 2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise InputError(f"{files.display(p)} line {line_no} (data row {len(rows) + 1}) has {len(row)} cells "
-                             f"but the header has {len(header)} columns")
-        numbers = []
-        for column, cell in zip(header, row, strict=True):
-            try:
-                numbers.append(float(cell.strip()))
-            except ValueError:
-                raise InputError(f"{files.display(p)} line {line_no} (data row {len(rows) + 1}), column "
-                                 f"{column!r}: {cell.strip()!r} is not a number") from None
-        rows.append(numbers)
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    table = read_logits_csv(p)
+    for note in table.notes:
+        warnings.warn(note, InputNote, stacklevel=2)
+    metadata = {"notes": list(table.notes)} if table.notes else None
+    return _logits_checkpoint(p, "csv", table.values, table.labels, key="logits", class_names=table.class_names,
+                              metadata=metadata)
 
 
 def _logits_key(container: Mapping[Any, Any]) -> str | None:
