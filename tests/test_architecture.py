@@ -1,5 +1,6 @@
-"""The one-way flow of DESIGN.md, checked on the source: cli → loading, inference, diagnostics, render;
-diagnostics imports none of them (pure math on tensors); loading knows no metric; render only reads results."""
+"""The one-way flow of the architecture (README, "Layout"), checked on the source: cli → loading, inference,
+diagnostics, render; diagnostics imports none of them (pure math on tensors); loading knows no metric; render
+only reads results."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ class TemperatureFit:
 
 @dataclass(frozen=True)
 class TemperatureSweep:
-    """NLL and ECE of ``softmax(z / T)`` over a grid of temperatures (Müller et al. 2019, Fig. 4).
+    """NLL and ECE of ``softmax(z / T)`` over a grid of temperatures (Müller et al. 2019, Figs. 3–5).
 
     ``temperatures``, ``nll``, ``ece``: one entry per grid point; ``accuracy`` is the same for every T;
     ``n_bins``: M of the ECE.
@@ -594,7 +594,7 @@ def temperature_sweep(
         \mathrm{ECE}(T) = \sum_m \frac{|B_m|}{n}\,|\operatorname{acc}(B_m) - \operatorname{conf}_T(B_m)|,
 
     with the bins of :func:`~calibscope.diagnostics.calibration.expected_calibration_error`. Accuracy does not
-    depend on T. One pass over the logits per temperature (Müller et al. 2019, §3, Fig. 4). ``reduce``: across
+    depend on T. One pass over the logits per temperature (Müller et al. 2019, §3, Figs. 3–5). ``reduce``: across
     processes, as for :func:`fit_temperature`.
     """
     n_bins = _validate_n_bins(n_bins)

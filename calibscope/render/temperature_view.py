@@ -1,6 +1,7 @@
 """What ``calibscope temperature`` shows and writes: the before/after table, the ``calibscope/temperature``
 JSON document (also the ``--save-temperature`` file that ``calibscope ece --temperature-from`` reads), the
-temperature sweep figure (Müller et al. 2019, Fig. 4), and the same-data warning.
+temperature sweep figure (Müller et al. 2019, Figs. 3–5: ECE against T in Figs. 3–4, NLL in Fig. 5), and the
+same-data warning.
 
 Nothing here computes a metric: the numbers come from :mod:`calibscope.diagnostics`.
 """

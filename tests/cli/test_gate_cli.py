@@ -1,6 +1,6 @@
 """`calibscope ece` as a CI gate and its calibration-family options: --max-ece, --baseline/--max-increase,
 --junit (parsed with xml.etree), [tool.calibscope] thresholds, --norm, --all, --bootstrap, --bins-csv,
---temperature. Numbers are checked against the library and a numpy ECE, exit codes against DESIGN.md."""
+--temperature. Numbers are checked against the library and a numpy ECE, exit codes against the README's table."""
 
 from __future__ import annotations
 
