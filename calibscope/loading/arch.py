@@ -4,7 +4,8 @@ Spec forms:
 
 ================================  ===========================================================================
 ``package.module:callable``       ``importlib.import_module("package.module").callable(**kwargs)``
-``path/to/file.py:Callable``      the module is loaded from that file, then ``Callable(**kwargs)``
+``path/to/file.py:Callable``      the module is loaded from that file (its folder goes on ``sys.path``, so its
+                                  sibling imports work), then ``Callable(**kwargs)``
 ``torchvision:NAME``              ``torchvision.models.get_model(NAME, **kwargs)`` (if torchvision is installed)
 ``timm:NAME``                     ``timm.create_model(NAME, **kwargs)`` (if timm is installed)
 ================================  ===========================================================================
@@ -174,6 +175,9 @@ def _load_file(parsed: ArchSpec) -> Any:
         raise InputError(f"--arch {parsed.text!r}: '{path}' cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses, typing and pickling look the module up here
+    folder = str(resolved.parent)
+    if folder not in sys.path:  # as `python file.py` does: the file's sibling modules import
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - any error raised by the user's file

@@ -55,6 +55,7 @@ import torch
 from calibscope.errors import InputError, InputNote, UntrustedFileError
 from calibscope.loading import files, pt2_safety
 from calibscope.loading.arch import build_architecture
+from calibscope.loading.prefixes import select_network
 from calibscope.loading.types import Checkpoint, LogitsCheckpoint, LogitsFormat, LogitsRows, ModelCheckpoint
 
 __all__ = ["EXTRA_FILE", "METADATA_PREFIX", "load_checkpoint", "open_logits_rows"]
@@ -80,12 +81,15 @@ def load_checkpoint(
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     trust: bool = False,
+    prefix: str | None = None,
 ) -> Checkpoint:
     """Load ``path`` as a runnable model (:class:`ModelCheckpoint`) or precomputed logits (:class:`LogitsCheckpoint`).
 
     ``arch`` / ``arch_kwargs``: the architecture (``package.module:callable``, ``path/to/file.py:Callable``,
     ``torchvision:NAME``, ``timm:NAME``) for weights-only files; ignored for self-describing files (``.pt2``,
     TorchScript, pickled modules) and logits files. ``trust``: allow loading that runs code from the file.
+    ``prefix``: where the network's weights sit in a training checkpoint's state_dict (``"model."``; found by
+    itself when one prefix fits, see :mod:`calibscope.loading.prefixes`).
 
     Models come back on the CPU in eval mode; logits as float32 ``[N, K]``, labels as int64 ``[N]``.
     Raises :class:`InputError` (one line, naming the file) or :class:`UntrustedFileError`.
@@ -103,9 +107,9 @@ def load_checkpoint(
     if kind == "torchscript":
         return _load_torchscript(p)
     if kind in ("torch-zip", "torch-legacy"):
-        return _load_torch_pickle(p, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+        return _load_torch_pickle(p, arch=arch, arch_kwargs=arch_kwargs, trust=trust, prefix=prefix)
     if kind == "safetensors":
-        return _load_safetensors(p, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+        return _load_safetensors(p, arch=arch, arch_kwargs=arch_kwargs, trust=trust, prefix=prefix)
     if kind in ("npz", "npy"):
         return _load_numpy(p, kind)
     if kind == "text":
@@ -236,7 +240,7 @@ def _parse_extra_file(p: Path, text: str | bytes) -> dict[str, Any]:
 
 
 def _load_torch_pickle(p: Path, *, arch: str | None, arch_kwargs: dict[str, Any] | None,
-                       trust: bool) -> Checkpoint:
+                       trust: bool, prefix: str | None = None) -> Checkpoint:
     try:
         obj = files.read_torch_weights_only(p)
     except pickle.UnpicklingError as exc:
@@ -268,7 +272,7 @@ def _load_torch_pickle(p: Path, *, arch: str | None, arch_kwargs: dict[str, Any]
     if arch is None:
         raise _needs_arch(p, state_dict)
     kwargs = {} if arch_kwargs is None else arch_kwargs
-    module = _build_and_load(p, state_dict, arch, kwargs, from_file=False, trust=trust)
+    module = _build_and_load(p, state_dict, arch, kwargs, from_file=False, trust=trust, prefix=prefix)
     return ModelCheckpoint(module, "state_dict", p, files.file_sha256(p), {"arch": arch, "arch_kwargs": kwargs})
 
 
@@ -295,7 +299,7 @@ def _pickled_global(exc: BaseException) -> str | None:
 
 
 def _load_safetensors(p: Path, *, arch: str | None, arch_kwargs: dict[str, Any] | None,
-                      trust: bool) -> Checkpoint:
+                      trust: bool, prefix: str | None = None) -> Checkpoint:
     tensors, raw_metadata = files.read_safetensors(p)
     metadata = _decode_metadata(p, raw_metadata, prefix=METADATA_PREFIX)
     key = _logits_key(tensors)
@@ -313,7 +317,7 @@ def _load_safetensors(p: Path, *, arch: str | None, arch_kwargs: dict[str, Any] 
         kwargs = metadata.get("arch_kwargs", {}) if arch_kwargs is None else arch_kwargs
     else:
         raise _needs_arch(p, tensors, safetensors=True)
-    module = _build_and_load(p, tensors, used_arch, kwargs, from_file=from_file, trust=trust)
+    module = _build_and_load(p, tensors, used_arch, kwargs, from_file=from_file, trust=trust, prefix=prefix)
     metadata = {**metadata, "arch": used_arch, "arch_kwargs": kwargs}
     return ModelCheckpoint(module, "safetensors", p, files.file_sha256(p), metadata)
 
@@ -347,7 +351,7 @@ def _needs_arch(p: Path, state_dict: Mapping[str, Any], *, safetensors: bool = F
 
 
 def _build_and_load(p: Path, state_dict: dict[str, Any], arch: str, kwargs: dict[str, Any], *,
-                    from_file: bool, trust: bool) -> torch.nn.Module:
+                    from_file: bool, trust: bool, prefix: str | None = None) -> torch.nn.Module:
     try:
         module = build_architecture(arch, kwargs, from_file=from_file, trust=trust)
     except InputError as exc:  # UntrustedFileError included; say which file named the architecture
@@ -355,7 +359,7 @@ def _build_and_load(p: Path, state_dict: dict[str, Any], arch: str, kwargs: dict
             raise
         raise type(exc)(f"{files.display(p)}: {exc}") from None
     expected = module.state_dict()
-    state_dict = _strip_prefixes(state_dict, set(expected))
+    state_dict, note = select_network(p, state_dict, set(expected), prefix=prefix)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [f"{k} {_shape(state_dict[k])} in the file vs {_shape(expected[k])} in the model"
@@ -372,28 +376,15 @@ def _build_and_load(p: Path, state_dict: dict[str, Any], arch: str, kwargs: dict
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches ({_first(shapes, 3)})")
         raise InputError(f"{files.display(p)} does not fit {source} with kwargs {_json(kwargs)}: "
-                         f"{'; '.join(parts)}; check --arch and --arch-kwargs")
+                         f"{'; '.join(parts)}; check --arch and --arch-kwargs (and --prefix for a training "
+                         "checkpoint that holds more than the network)")
     try:
         module.load_state_dict(state_dict, strict=True)
     except Exception as exc:  # noqa: BLE001 - dtype/extra-state problems the key check cannot see
         raise InputError(f"{files.display(p)} does not fit {source}: {_one_line(exc)}") from None
+    if note is not None:
+        warnings.warn(note, InputNote, stacklevel=2)
     return module.to("cpu").eval()
-
-
-def _strip_prefixes(state_dict: dict[str, Any], expected: set[str]) -> dict[str, Any]:
-    """Drop wrapper prefixes: ``module.`` (DistributedDataParallel), ``_orig_mod.`` (torch.compile), or any one
-    leading component shared by every key when that makes the keys match exactly (e.g. Lightning's ``model.``)."""
-    if set(state_dict) == expected:
-        return state_dict
-    for prefix in ("module.", "_orig_mod."):
-        if (all(k.startswith(prefix) for k in state_dict) and state_dict
-                and not any(k.startswith(prefix) for k in expected)):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
-    if set(state_dict) != expected and state_dict:
-        first = next(iter(state_dict)).split(".", 1)[0] + "."
-        if all(k.startswith(first) for k in state_dict) and {k[len(first):] for k in state_dict} == expected:
-            state_dict = {k[len(first):]: v for k, v in state_dict.items()}
-    return state_dict
 
 
 # ------------------------------------------------------------------------------------------ metadata decoding

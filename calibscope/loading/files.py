@@ -5,6 +5,7 @@ executing code from the file.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import struct
@@ -172,6 +173,11 @@ def read_numpy(path: Path | str) -> dict[str, Any]:
         raise InputError(f"{display(p)} is not a readable numpy file ({_one_line(exc)})") from None
 
 
+# Plain-data classes allowed in weights-only pickles beside torch's own: timm's train.py saves its
+# argparse.Namespace under "args" (unpickling one only fills its __dict__; it runs no code).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def read_torch_weights_only(path: Path | str) -> Any:
     """``torch.load(weights_only=True)``: tensors, dicts, lists, numbers — never code.
 
@@ -184,8 +190,8 @@ def read_torch_weights_only(path: Path | str) -> Any:
 
     p = Path(path)
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
+            warnings.simplefilter("ignore", UserWarning)  # torch warns about pickle protocols on its way to refusing
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise
