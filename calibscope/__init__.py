@@ -19,6 +19,7 @@ _LAZY = {
     "calibration_report": "calibscope.diagnostics.calibration",
     "expected_calibration_error": "calibscope.diagnostics.calibration",
     "calibration_metrics": "calibscope.diagnostics.calibration",
+    "StreamingCalibration": "calibscope.diagnostics.streaming",
     "fit_temperature": "calibscope.diagnostics.temperature",
     "plane_projection": "calibscope.diagnostics.projection",
     "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",

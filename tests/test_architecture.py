@@ -16,6 +16,7 @@ FORBIDDEN = {
     "loading": {"cli", "inference", "diagnostics", "render"},
     "inference": {"cli", "diagnostics", "render"},
     "render": {"cli", "loading", "inference"},
+    "integrations": {"cli"},  # training-loop callbacks and trackers: below the command line
 }
 
 

@@ -25,6 +25,7 @@ _LAZY = {
     "classwise_calibration_error": "calibscope.diagnostics.calibration",
     "debiased_calibration_error": "calibscope.diagnostics.calibration",
     "smooth_calibration_error": "calibscope.diagnostics.calibration",
+    "StreamingCalibration": "calibscope.diagnostics.streaming",
     "TemperatureFit": "calibscope.diagnostics.temperature",
     "fit_temperature": "calibscope.diagnostics.temperature",
     "apply_temperature": "calibscope.diagnostics.temperature",

@@ -64,6 +64,7 @@ __all__ = [
     "debiased_calibration_error",
     "expected_calibration_error",
     "metric_definitions",
+    "metrics_from_sums",
     "smooth_calibration_error",
     "streamed_calibration_metrics",
     "summarize",
@@ -1403,16 +1404,27 @@ def streamed_calibration_metrics(
     if gather is not None:
         confidence = gather(confidence)
         correct = gather(correct.to(torch.uint8)).to(torch.bool)
-    sums = CalibrationSums.from_tensor(vector, num_classes=k, n_bins=n_bins, smooth_grid=grid)
+    return metrics_from_sums(vector, confidence, correct, num_classes=k, n_bins=n_bins, smooth_grid=grid,
+                             min_bin_count=int(min_bin_count))
+
+
+def metrics_from_sums(vector: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, *, num_classes: int,
+                      n_bins: int, smooth_grid: int, min_bin_count: int = MIN_BIN_COUNT) -> CalibrationMetrics:
+    """:class:`CalibrationMetrics` (no bootstrap) from accumulated state: ``vector`` the
+    :meth:`CalibrationSums.to_tensor` of all the examples, ``confidence`` / ``correct`` ``[n]`` their top-label
+    confidences and correctness in example order (for ACE's equal-mass bins). Shared by
+    :func:`streamed_calibration_metrics` and :class:`calibscope.diagnostics.streaming.StreamingCalibration`.
+    """
+    sums = CalibrationSums.from_tensor(vector, num_classes=num_classes, n_bins=n_bins, smooth_grid=smooth_grid)
     n = sums.n
     if n == 0:
         raise InputError("Expected at least one example, but got N = 0")
     point = _family_values(sums, _adaptive_bins(confidence, correct, n_bins))
-    definitions = metric_definitions(n, n_bins, k, grid, point["smooth_ece_bandwidth"])
+    definitions = metric_definitions(n, n_bins, num_classes, smooth_grid, point["smooth_ece_bandwidth"])
     metrics = {name: CalibrationMetric(name, point[name], definitions[name]) for name in ALL_METRICS}
     warning = _small_bin_warning(sums.top.bins, int(min_bin_count))
-    return CalibrationMetrics(n=n, num_classes=k, n_bins=n_bins, metrics=metrics, report=summarize(sums.top),
-                              warnings=(warning,) if warning else ())
+    return CalibrationMetrics(n=n, num_classes=num_classes, n_bins=n_bins, metrics=metrics,
+                              report=summarize(sums.top), warnings=(warning,) if warning else ())
 
 
 def adaptive_calibration_error(logits: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15) -> float:
