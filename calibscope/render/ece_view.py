@@ -143,7 +143,8 @@ def _parent_dir(path: Path) -> None:
 
 
 def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> list[Path]:
-    """``out/ece.json`` and ``out/reliability_<name>.png|svg`` for each checkpoint (atomic writes)."""
+    """``out/ece.json``, ``out/reliability_<name>.png|svg`` for each checkpoint and, for several,
+    ``out/reliability_overlay.png|svg`` with all curves on one axis (atomic writes)."""
     from calibscope.render.atomic import atomic_write_text
     from calibscope.render.figures import reliability_diagram, save_figure
     from calibscope.render.json_doc import dumps
@@ -154,6 +155,10 @@ def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> l
         title = r.name if r.temperature is None else f"{r.name} (T = {r.temperature['value']:.4g})"
         fig = reliability_diagram(r.report, title=title)
         written += save_figure(fig, out / f"reliability_{_slug(r.name)}")
+    if len(results) > 1:  # Müller et al. Fig. 2: every model's curve on one axis
+        from calibscope.render.figures import reliability_curves
+
+        written += save_figure(reliability_curves({r.name: r.report for r in results}), out / "reliability_overlay")
     written.append(atomic_write_text(out / "ece.json", dumps(doc) + "\n"))
     return written
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from calibscope.diagnostics.calibration import CalibrationReport
 
-__all__ = ["reliability_diagram", "save_figure"]
+__all__ = ["reliability_curves", "reliability_diagram", "save_figure", "series_colors"]
 
 _ACCURACY_COLOR = "#3b6fb6"
 _GAP_COLOR = "#d62728"
@@ -29,6 +29,8 @@ _HIST_COLOR = "#8c8c8c"
 ACCURACY_LABEL = "Accuracy"
 GAP_LABEL = "Gap"
 COUNT_LABEL = "Count"
+CONFIDENCE_LABEL = "Mean confidence"
+INTERVAL_LABEL = "95 % Wilson interval"
 
 
 def reliability_diagram(
@@ -36,65 +38,53 @@ def reliability_diagram(
     *,
     title: str | None = None,
     figsize: tuple[float, float] = (4.0, 5.0),
+    log_counts: bool = True,
 ) -> Figure:
     """Reliability diagram with a confidence histogram below it, from a :class:`CalibrationReport`.
 
-    Top: per-bin accuracy :math:`\\operatorname{acc}(B_m)` as bars (non-empty bins only), red hatched "gap"
-    bars from the accuracy to the bin's mean confidence :math:`\\operatorname{conf}(B_m)`, the diagonal of
-    perfect calibration, and a box with ECE, MCE and n. Bottom: number of examples per bin, with vertical
-    lines at the overall accuracy and the mean confidence. Axes: ``fig.axes[0]`` (reliability),
-    ``fig.axes[1]`` (histogram); the accuracy bars are the container labelled ``"Accuracy"``.
+    Top: per-bin accuracy :math:`\\operatorname{acc}(B_m)` as blue bars (non-empty bins only) with 95 % Wilson
+    score intervals (black; :func:`calibscope.diagnostics.intervals.wilson_interval`), the bin's mean
+    confidence :math:`\\operatorname{conf}(B_m)` as a red tick, and the gap between them as an unfilled red
+    hatched bar — red hatching *above* a blue bar is over-confidence, *inside* it under-confidence, and the
+    colours never mix. The diagonal of perfect calibration and a box with ECE, MCE and n. Bottom: examples
+    per bin (log scale by default, so the sparse low-confidence bins stay visible), each bar labelled with its
+    count, and vertical lines at the overall accuracy and mean confidence. Axes: ``fig.axes[0]`` (reliability),
+    ``fig.axes[1]`` (histogram); the containers are labelled ``"Accuracy"``, ``"Gap"`` and ``"Count"``.
 
     The default size fits one column of a two-column paper; save as SVG/PDF for vector output.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MultipleLocator, StrMethodFormatter
 
+    from calibscope.diagnostics.intervals import wilson_interval
+
     bins = report.bins
     n_bins = len(bins.count)
     centers = [(lo + hi) / 2 for lo, hi in zip(bins.lower, bins.upper, strict=True)]
     widths = [hi - lo for lo, hi in zip(bins.lower, bins.upper, strict=True)]
     full = [m for m in range(n_bins) if bins.count[m] > 0 and math.isfinite(bins.accuracy[m])]
+    lo, hi = wilson_interval([bins.accuracy[m] * bins.count[m] for m in full], [bins.count[m] for m in full])
 
     fig = Figure(figsize=figsize, layout="constrained")
-    ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
 
     # --- reliability panel ------------------------------------------------------------------------------
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="Perfect calibration", zorder=3)
-    ax.bar(
-        [centers[m] for m in full],
-        [bins.accuracy[m] for m in full],
-        width=[widths[m] for m in full],
-        color=_ACCURACY_COLOR,
-        edgecolor="black",
-        linewidth=0.6,
-        label=ACCURACY_LABEL,
-        zorder=2,
-    )
-    ax.bar(
-        [centers[m] for m in full],
-        [bins.mean_confidence[m] - bins.accuracy[m] for m in full],
-        bottom=[bins.accuracy[m] for m in full],
-        width=[widths[m] for m in full],
-        facecolor=(*_rgb(_GAP_COLOR), 0.22),
-        edgecolor=_GAP_COLOR,
-        hatch="///",
-        linewidth=0.6,
-        label=GAP_LABEL,
-        zorder=2,
-    )
-    ax.text(
-        0.96,
-        0.04,
-        f"ECE = {report.ece:.4f}\nMCE = {report.mce:.4f}\n$n$ = {report.n:,}",
-        transform=ax.transAxes,
-        ha="right",
-        va="bottom",
-        fontsize="small",
-        bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
-        zorder=4,
-    )
-    ax.legend(loc="upper left", fontsize="small", frameon=True, framealpha=0.9)
+    ax.bar([centers[m] for m in full], [bins.accuracy[m] for m in full], width=[widths[m] for m in full],
+           color=_ACCURACY_COLOR, edgecolor="black", linewidth=0.6, label=ACCURACY_LABEL, zorder=2)
+    ax.bar([centers[m] for m in full], [bins.mean_confidence[m] - bins.accuracy[m] for m in full],
+           bottom=[bins.accuracy[m] for m in full], width=[widths[m] for m in full], facecolor="none",
+           edgecolor=_GAP_COLOR, hatch="////", linewidth=0.8, label=GAP_LABEL, zorder=2.5)
+    ax.hlines([bins.mean_confidence[m] for m in full], [bins.lower[m] for m in full],
+              [bins.upper[m] for m in full], color=_GAP_COLOR, linewidth=1.8, label=CONFIDENCE_LABEL, zorder=3.5)
+    acc = [bins.accuracy[m] for m in full]
+    ax.errorbar([centers[m] for m in full], acc, yerr=[[a - v for a, v in zip(acc, lo, strict=True)],
+                                                       [v - a for a, v in zip(acc, hi, strict=True)]],
+                fmt="none", ecolor="black", elinewidth=0.9, capsize=2, label=INTERVAL_LABEL, zorder=4)
+    ax.text(0.96, 0.04, f"ECE = {report.ece:.4f}\nMCE = {report.mce:.4f}\n$n$ = {report.n:,}",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
+            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9}, zorder=5)
+    ax.legend(loc="upper left", fontsize="x-small", frameon=True, framealpha=0.9)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("Accuracy")
@@ -104,34 +94,84 @@ def reliability_diagram(
     ax.set_title(title if title is not None else f"Reliability diagram ({report.n_bins} bins)", fontsize="medium")
 
     # --- confidence histogram ---------------------------------------------------------------------------
-    ax_hist.bar(
-        centers,
-        list(bins.count),
-        width=widths,
-        color=_HIST_COLOR,
-        edgecolor="black",
-        linewidth=0.6,
-        label=COUNT_LABEL,
-        zorder=2,
-    )
-    ax_hist.axvline(
-        report.accuracy, color=_ACCURACY_COLOR, linewidth=1.6, label=f"Accuracy ({100 * report.accuracy:.1f} %)"
-    )
-    ax_hist.axvline(
-        report.mean_confidence,
-        color=_GAP_COLOR,
-        linewidth=1.6,
-        linestyle="--",
-        label=f"Avg. confidence ({100 * report.mean_confidence:.1f} %)",
-    )
+    counts = list(bins.count)
+    bars = ax_hist.bar(centers, counts, width=widths, color=_HIST_COLOR, edgecolor="black", linewidth=0.6,
+                       label=COUNT_LABEL, zorder=2)
+    ax_hist.bar_label(bars, labels=[f"{c:,}" if c else "" for c in counts], fontsize=5.5, padding=1, rotation=90)
+    ax_hist.axvline(report.accuracy, color=_ACCURACY_COLOR, linewidth=1.6,
+                    label=f"Accuracy ({100 * report.accuracy:.1f} %)")
+    ax_hist.axvline(report.mean_confidence, color=_GAP_COLOR, linewidth=1.6, linestyle="--",
+                    label=f"Avg. confidence ({100 * report.mean_confidence:.1f} %)")
     ax_hist.legend(loc="upper left", fontsize="x-small", frameon=True, framealpha=0.9)
     ax_hist.set_xlabel("Confidence")
-    ax_hist.set_ylabel("Count")
-    ax_hist.set_ylim(0, max(max(bins.count), 1) * 1.08)
-    ax_hist.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    top = max(max(counts), 1)
+    if log_counts:
+        ax_hist.set_yscale("log")
+        ax_hist.set_ylim(0.7, top * 12)
+        ax_hist.set_ylabel("Count (log)")
+    else:
+        ax_hist.set_ylim(0, top * 1.25)
+        ax_hist.set_ylabel("Count")
+        ax_hist.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax_hist.xaxis.set_major_locator(MultipleLocator(0.2))
     ax_hist.grid(True, axis="y", linewidth=0.5, alpha=0.35)
     ax_hist.set_axisbelow(True)
+    return fig
+
+
+# colour-blind-safe (Okabe & Ito 2008), one per model on shared axes
+SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def series_colors(n: int) -> list[tuple[str, str]]:
+    """(colour, marker) for the i-th of ``n`` models drawn on one axis."""
+    return [(SERIES_COLORS[i % len(SERIES_COLORS)], SERIES_MARKERS[i % len(SERIES_MARKERS)]) for i in range(n)]
+
+
+def reliability_curves(
+    reports: dict[str, CalibrationReport],
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (4.2, 4.0),
+) -> Figure:
+    """Several models' reliability curves on one axis (Müller et al. 2019, Fig. 2).
+
+    For each model: accuracy :math:`\\operatorname{acc}(B_m)` against mean confidence
+    :math:`\\operatorname{conf}(B_m)` of its non-empty bins, joined by a line, its ECE in the legend; the
+    diagonal is perfect calibration (above it: under-confident, below: over-confident). A marker's area grows
+    with its bin's count, so a bin of one example does not look like a trend. Each model's line is the artist
+    labelled with its name (then `` (ECE …)``).
+    """
+    from matplotlib.figure import Figure
+
+    if not reports:
+        raise ValueError("Expected at least one report to plot, but got none")
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="Perfect calibration")
+    for (name, report), (color, marker) in zip(reports.items(), series_colors(len(reports)), strict=True):
+        bins = report.bins
+        full = [m for m in range(len(bins.count)) if bins.count[m] > 0 and math.isfinite(bins.accuracy[m])]
+        xs, ys = [bins.mean_confidence[m] for m in full], [bins.accuracy[m] for m in full]
+        ax.plot(xs, ys, color=color, linewidth=1.2, alpha=0.8, label=f"{name} (ECE {report.ece:.3f})")
+        most = max(bins.count[m] for m in full)
+        ax.scatter(xs, ys, s=[8 + 72 * bins.count[m] / most for m in full], color=color, marker=marker,
+                   edgecolors="white", linewidths=0.5, zorder=3)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("Confidence (mean of bin)")
+    ax.set_ylabel("Accuracy")
+    ax.text(0.04, 0.96, "under-confident", transform=ax.transAxes, ha="left", va="top", fontsize="x-small",
+            color="0.4")
+    ax.text(0.96, 0.04, "over-confident (marker area ∝ bin count)", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize="x-small",
+            color="0.4")
+    ax.grid(True, linewidth=0.5, alpha=0.35)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9), fontsize="x-small", frameon=True, framealpha=0.9)
+    n_bins = next(iter(reports.values())).n_bins
+    ax.set_title(title if title is not None else f"Reliability ({n_bins} bins)", fontsize="medium")
     return fig
 
 

@@ -101,7 +101,8 @@ def test_side_by_side_table_and_outputs(samples, tmp_path):
     assert "digits_hard.pt2" in result.stdout and "digits_ls.pt2" in result.stdout and "ECE" in result.stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ece.json", "reliability_digits_hard.pt2.png", "reliability_digits_hard.pt2.svg",
-                     "reliability_digits_ls.pt2.png", "reliability_digits_ls.pt2.svg"]
+                     "reliability_digits_ls.pt2.png", "reliability_digits_ls.pt2.svg", "reliability_overlay.png",
+                     "reliability_overlay.svg"]
     doc = json.loads((out / "ece.json").read_text())
     assert [r["name"] for r in doc["results"]] == ["digits_hard.pt2", "digits_ls.pt2"]
 

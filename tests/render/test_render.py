@@ -26,7 +26,7 @@ from calibscope.render import (
     report_to_dict,
     save_figure,
 )
-from calibscope.render.figures import ACCURACY_LABEL, COUNT_LABEL, GAP_LABEL
+from calibscope.render.figures import ACCURACY_LABEL, COUNT_LABEL, GAP_LABEL, INTERVAL_LABEL, reliability_curves
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,41 @@ def test_reliability_bars_equal_report(report):
         assert patch.get_y() == pytest.approx(bins.accuracy[m], abs=1e-12)
         assert patch.get_y() + patch.get_height() == pytest.approx(bins.mean_confidence[m], abs=1e-12)
 
+    assert all(p.get_facecolor()[3] == 0 for p in gap)  # unfilled: hatching never mixes with the blue bars
+
     counts = [p.get_height() for p in _container(ax_hist, COUNT_LABEL).patches]
     assert counts == list(bins.count)
+    shown = [t.get_text() for t in ax_hist.texts]
+    assert [c for c in shown if c] == [f"{c:,}" for c in bins.count if c]  # every non-empty bin labelled
+    assert ax_hist.get_yscale() == "log"
     assert any(f"{report.ece:.4f}" in t.get_text() for t in ax.texts)
     assert ax.get_title() == "test" and ax_hist.get_xlabel() == "Confidence"
+
+
+def test_reliability_intervals_are_wilson_as_scipy(report):
+    from scipy.stats import binomtest
+
+    fig = reliability_diagram(report)
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if c.get_label() == INTERVAL_LABEL]
+    segments = bars.lines[2][0].get_segments()
+    bins = report.bins
+    full = [m for m in range(report.n_bins) if bins.count[m] > 0]
+    for seg, m in zip(segments, full, strict=True):
+        k = round(bins.accuracy[m] * bins.count[m])
+        ci = binomtest(k, bins.count[m]).proportion_ci(confidence_level=0.95, method="wilson")
+        assert seg[0][1] == pytest.approx(ci.low, abs=1e-9) and seg[1][1] == pytest.approx(ci.high, abs=1e-9)
+
+
+def test_reliability_curves_draw_each_models_bins_on_one_axis(report):
+    other = calibration_report(torch.zeros(50, 10), torch.zeros(50, dtype=torch.long))
+    fig = reliability_curves({"a": report, "b": other})
+    (ax,) = fig.axes
+    lines = {line.get_label().split(" (")[0]: line for line in ax.lines}
+    full = [m for m in range(report.n_bins) if report.bins.count[m] > 0]
+    assert list(lines["a"].get_xdata()) == pytest.approx([report.bins.mean_confidence[m] for m in full])
+    assert list(lines["a"].get_ydata()) == pytest.approx([report.bins.accuracy[m] for m in full])
+    assert f"ECE {other.ece:.3f}" in lines["b"].get_label()
 
 
 def test_reliability_diagram_uses_no_pyplot_state(report):
