@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from calibscope.errors import InputError
+from calibscope.loading import limits
 from calibscope.loading.files import (
     display,
     file_sha256,
@@ -513,15 +515,35 @@ def _read_cifar_folder(folder: Path, split: str | None) -> _Loaded:
 
 
 def _read_bytes(p: Path) -> bytes:
+    """The file's bytes; a ``.gz`` is decompressed, reading no more than its IDX header says it holds (+1 byte,
+    so that a longer stream is still noticed) and refusing a decompression bomb before reading it."""
     try:
         with p.open("rb") as fh:
             head = fh.read(2)
         if head == b"\x1f\x8b":
             with gzip.open(p, "rb") as gz:
-                return gz.read()
+                start = gz.read(4)
+                if len(start) < 4 or start[:2] != b"\0\0" or start[2] not in _IDX_DTYPES:
+                    return start
+                dims = gz.read(4 * start[3])
+                expected = 4 + len(dims) + _idx_data_bytes(start, dims)
+                compressed = p.stat().st_size
+                if expected > limits.BOMB_MIN_BYTES and expected > limits.MAX_COMPRESSION_RATIO * compressed:
+                    raise InputError(f"{display(p)}: its IDX header promises {expected} bytes from {compressed} "
+                                     "compressed, which looks like a decompression bomb; refusing to read it")
+                limits.check_declared_bytes(p, expected, "the IDX header")
+                return start + dims + gz.read(expected - 4 - len(dims) + 1)
         return p.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(f"cannot read {display(p)} ({exc})") from None
+
+
+def _idx_data_bytes(start: bytes, dims: bytes) -> int:
+    """Bytes of data an IDX header declares (Python integers: no overflow for four 2³²-sized dimensions)."""
+    count = 1
+    for (d,) in struct.iter_unpack(">I", dims[: len(dims) // 4 * 4]):
+        count *= d
+    return count * np.dtype(_IDX_DTYPES[start[2]]).itemsize
 
 
 def _parse_idx(buf: bytes, p: Path) -> Any:
@@ -533,8 +555,8 @@ def _parse_idx(buf: bytes, p: Path) -> Any:
     if len(buf) < header:
         raise InputError(f"{display(p)} is a truncated IDX file: {len(buf)} bytes, shorter than its header")
     dims = struct.unpack(f">{ndim}I", buf[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
-    expected = header + count * dtype.itemsize
+    expected = header + _idx_data_bytes(buf[:4], buf[4:header])
+    count = (expected - header) // dtype.itemsize
     if len(buf) != expected:
         state = "truncated" if len(buf) < expected else "longer than its header says"
         raise InputError(f"{display(p)} is {state}: the header describes {'×'.join(map(str, dims))} values "
@@ -650,10 +672,22 @@ def _read_image_folder(root: Path, *, split: str | None, limit: int | None) -> _
                          "(root/class_name/*.png), CIFAR python batches, or MNIST IDX files")
     files: list[tuple[Path, int]] = []
     for index, class_dir in enumerate(classes):
-        for dirpath, dirnames, filenames in sorted(os.walk(class_dir, followlinks=True)):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        visited: set[str] = set()  # real paths of the folders walked: each once, so a symlink loop ends
+        walked = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            visited.add(os.path.realpath(dirpath))
+            kept = []
+            for d in dirnames:
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if not d.startswith(".") and real not in visited:
+                    visited.add(real)
+                    kept.append(d)
+            dirnames[:] = kept
+            walked.append((dirpath, filenames))
+        for dirpath, filenames in sorted(walked):  # torchvision ImageFolder's order
             for name in sorted(filenames):
                 if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                    limits.require_regular(Path(dirpath) / name, "image file")
                     files.append((Path(dirpath) / name, index))
     if not files:
         raise InputError(f"{display(base)} holds 0 examples: no {'/'.join(IMAGE_SUFFIXES)} files in its class "
@@ -661,13 +695,27 @@ def _read_image_folder(root: Path, *, split: str | None, limit: int | None) -> _
     n_source = len(files)
     if limit is not None:
         files = files[:limit]
-    inputs = _decode_images([f for f, _ in files])
+    inputs, read = _decode_images([f for f, _ in files])
+    if read["bit_depth"] > 8:
+        import warnings
+
+        warnings.warn(f"{display(base)}: read {read['bit_depth']}-bit images (modes {', '.join(read['image_modes'])}); "
+                      f"each sample is divided by 2^bits − 1 into [0, 1] (float32) rather than clipped at 255",
+                      UserWarning, stacklevel=2)
     labels = np.array([c for _, c in files], dtype=np.int64)
     return _Loaded(inputs, labels, "image-folder", [f for f, _ in files], split=used_split,
-                   class_names=tuple(d.name for d in classes), n_source=n_source)
+                   class_names=tuple(d.name for d in classes), n_source=n_source, metadata=read)
 
 
-def _decode_images(paths: list[Path]) -> Any:
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _decode_images(paths: list[Path]) -> tuple[Any, dict[str, Any]]:
+    """Images → ``[N, C, H, W]``: uint8 when every image has 8 bits per sample; float32 in [0, 1] (each divided by
+    its real maximum, 2^bits − 1) when any is a 16-bit grayscale image, which ``convert("L")`` would clip at 255.
+    Also returns what was read: ``{"image_modes": [...], "bit_depth": 8 | 16}``."""
+    import warnings
+
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib
@@ -675,30 +723,66 @@ def _decode_images(paths: list[Path]) -> Any:
 
     def _open(f: Path) -> Any:
         try:
-            return Image.open(f)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return Image.open(f)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"{display(f)} is a decompression bomb ({_one_line(exc)}); refusing to decode it "
+                             f"(the limit is Pillow's Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS})") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"{display(f)} is not a readable image ({exc})") from None
 
     with _open(paths[0]) as im:
         size = im.size
-    gray = True
+    gray, modes, depth = True, set(), 8
     for f in paths:  # headers only: sizes and modes, before decoding anything
         with _open(f) as im:
             if im.size != size:
                 raise InputError(f"{display(f)} is {im.size[0]}×{im.size[1]} but {display(paths[0])} is "
                                  f"{size[0]}×{size[1]}; all images must have the same size")
-            gray = gray and im.mode in _GRAYSCALE_MODES
+            modes.add(im.mode)
+            if im.mode in _HIGH_DEPTH_MODES:
+                depth = max(depth, _bit_depth(f, im))
+            gray = gray and (im.mode in _GRAYSCALE_MODES or im.mode in _HIGH_DEPTH_MODES)
     w, h = size
     channels, mode = (1, "L") if gray else (3, "RGB")
-    out = np.empty((len(paths), channels, h, w), dtype=np.uint8)
+    dtype = np.uint8 if depth == 8 else np.float32
+    limits.check_declared_bytes(paths[0].parent, len(paths) * channels * h * w * np.dtype(dtype).itemsize,
+                                f"the image folder ({len(paths)} images of {w}×{h})")
+    out = np.empty((len(paths), channels, h, w), dtype=dtype)
     for i, f in enumerate(paths):
         with _open(f) as im:
             try:
-                a = np.asarray(im.convert(mode), dtype=np.uint8)
-            except OSError as exc:
+                if im.mode in _HIGH_DEPTH_MODES:
+                    bits = _bit_depth(f, im)
+                    a = np.asarray(im, dtype=np.float64) / float(2 ** bits - 1)
+                    if not gray:
+                        a = np.repeat(a[..., None], 3, axis=2)
+                elif depth != 8:
+                    a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+                else:
+                    a = np.asarray(im.convert(mode), dtype=np.uint8)
+            except (OSError, ValueError) as exc:
                 raise InputError(f"{display(f)} is not a readable image ({exc})") from None
         out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
-    return out
+    return out, {"image_modes": sorted(modes), "bit_depth": depth}
+
+
+def _bit_depth(f: Path, im: Any) -> int:
+    """Bits per sample of a high-depth image: a PNG's IHDR says; ``I;16*`` modes are 16 bits."""
+    if im.format == "PNG":
+        with f.open("rb") as fh:
+            head = fh.read(25)
+        if len(head) == 25 and head[12:16] == b"IHDR" and head[24] in (1, 2, 4, 8, 16):
+            return int(head[24])
+    if im.mode.startswith("I;16"):
+        return 16
+    raise InputError(f"{display(f)} has {im.mode!r} samples of unknown bit depth; save it as an 8- or 16-bit PNG")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------------------------ CSV

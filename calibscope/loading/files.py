@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import struct
 import warnings
 import zipfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from calibscope.errors import InputError
+from calibscope.loading import limits
 
 Kind = Literal[
     "safetensors",  # 8-byte little-endian header length + JSON header
@@ -43,6 +43,7 @@ def require_exists(path: Path | str) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{display(p)} does not exist")
+    limits.require_regular(p)
     return p
 
 
@@ -130,15 +131,8 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, Any], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
-    size = p.stat().st_size
     try:
-        with p.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end > size:
-            raise InputError(f"{display(p)} is a truncated safetensors file: the header describes "
-                             f"{8 + n + end} bytes but the file has {size}")
+        limits.check_safetensors_header(p)
         tensors: dict[str, Any] = {}
         with safe_open(str(p), framework="pt") as f:
             metadata = dict(f.metadata() or {})
@@ -156,6 +150,12 @@ def read_numpy(path: Path | str) -> dict[str, Any]:
     import numpy as np
 
     p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            zipped = fh.read(2) == b"PK"
+        limits.check_npz(p) if zipped else limits.check_npy_file(p)
+    except OSError as exc:
+        raise InputError(f"cannot read {display(p)}: {exc.strerror or exc}") from None
     try:
         with np.load(p, allow_pickle=False) as data:  # type: ignore[attr-defined]
             return {k: data[k] for k in data.files}
@@ -189,6 +189,12 @@ def read_torch_weights_only(path: Path | str) -> Any:
     import torch
 
     p = Path(path)
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                limits.check_zip(p, zf)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise InputError(f"{display(p)} is a corrupt or truncated zip archive ({_one_line(exc)})") from None
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
             warnings.simplefilter("ignore", UserWarning)  # torch warns about pickle protocols on its way to refusing
@@ -280,10 +286,12 @@ def stored_arrays(path: Path | str, kind: Kind | None = None) -> dict[str, Store
     kind = kind or sniff(p)
     try:
         if kind == "npy":
+            limits.check_npy_file(p)
             with p.open("rb") as fh:
                 array = _npy_array(p, fh, "")
             return {} if array is None else {"": array}
         if kind == "npz":
+            limits.check_npz(p)  # every member's header against its real size
             return _npz_arrays(p)
         if kind == "safetensors":
             return _safetensors_arrays(p)
@@ -327,9 +335,7 @@ def _npz_arrays(p: Path) -> dict[str, StoredArray]:
 
 
 def _safetensors_arrays(p: Path) -> dict[str, StoredArray]:
-    with p.open("rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
+    n, header = limits.check_safetensors_header(p)
     size = p.stat().st_size
     out: dict[str, StoredArray] = {}
     for key, spec in header.items():

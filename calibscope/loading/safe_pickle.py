@@ -11,6 +11,12 @@ resolves globals from a fixed allow-list instead of importing anything, so a fil
   (pickle protocol 5);
 * ``_codecs.encode`` restricted to latin-1, which protocol-2 pickles use to spell ``bytes``.
 
+Bounded memory: ``bytes``/``bytearray`` are not called with a size (``bytearray(3_300_000_000)`` is 59 bytes
+of pickle), ``_reconstruct`` only makes the empty array pickles start from, and an object whose shared
+references would expand when walked (a 150-byte pickle of lists of the same list, 3.6 GB when copied) is
+refused: the number of elements reachable along every path may not exceed the file's size (a pickle spells
+each element it really holds with at least one byte).
+
 Example::
 
     >>> safe_load("cifar-10-batches-py/test_batch")["data"].shape
@@ -48,11 +54,33 @@ def _numpy_core() -> Any:
     return getattr(np, "_core", None) or np.core  # numpy ≥ 2 / numpy 1.x
 
 
+def _sized_constructor(kind: type) -> Any:
+    """``bytes``/``bytearray`` as pickles call them (from bytes, a string and its encoding, or nothing)."""
+
+    def make(*args: Any) -> Any:
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            raise pickle.UnpicklingError(f"{kind.__name__}({args[0]}) (a size, not data)")
+        return kind(*args)
+
+    return make
+
+
+def _empty_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """numpy's ``_reconstruct``, which pickles call with shape ``(0,)`` before filling the array."""
+    import numpy as np
+
+    if int(np.prod(shape, dtype=object)) > 1024:
+        raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape} (pickles start from an empty array)")
+    return _numpy_core().multiarray._reconstruct(subtype, shape, dtype)
+
+
 def _resolve(module: str, name: str) -> Any | None:
     """The object an allowed ``module.name`` stands for, or None when it is not allowed."""
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
         import builtins
 
+        if name in ("bytes", "bytearray"):
+            return _sized_constructor(getattr(builtins, name))
         return getattr(builtins, name)
     if module == "_codecs" and name == "encode":
         return _latin1_encode
@@ -60,8 +88,10 @@ def _resolve(module: str, name: str) -> Any | None:
         import numpy as np
 
         return getattr(np, name)
-    if module in _NUMPY_MULTIARRAY and name in ("_reconstruct", "scalar"):
-        return getattr(_numpy_core().multiarray, name)
+    if module in _NUMPY_MULTIARRAY and name == "_reconstruct":
+        return _empty_reconstruct
+    if module in _NUMPY_MULTIARRAY and name == "scalar":
+        return _numpy_core().multiarray.scalar
     if module in _NUMPY_NUMERIC and name == "_frombuffer":
         return _numpy_core().numeric._frombuffer
     return None
@@ -99,7 +129,9 @@ def safe_load(path: Path | str) -> Any:
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            return _decode_keys(SafeUnpickler(fh, source=p, encoding="bytes").load())
+            obj = SafeUnpickler(fh, source=p, encoding="bytes").load()
+        _check_expansion(obj, p, p.stat().st_size)
+        return _decode_keys(obj, {})
     except InputError:
         raise
     except OSError as exc:
@@ -111,12 +143,47 @@ def safe_load(path: Path | str) -> Any:
         raise InputError(f"{display(p)} is not a readable pickle file ({reason})") from None
 
 
-def _decode_keys(obj: Any) -> Any:
+def _check_expansion(obj: Any, p: Path, size: int) -> None:
+    """Refuse objects whose containers, walked along every path, hold more elements than the file has bytes."""
+    containers = (dict, list, tuple, set, frozenset)
+    limit = size + 64
+    done: dict[int, int] = {}  # id → elements reachable below it, counted along every path
+    active: set[int] = set()  # on the current path (a cycle counts once)
+    stack: list[tuple[Any, bool]] = [(obj, False)]
+    while stack:
+        o, children_done = stack.pop()
+        if not children_done:
+            if id(o) in done or id(o) in active:
+                continue
+            active.add(id(o))
+            stack.append((o, True))
+            kids = [*o.keys(), *o.values()] if isinstance(o, dict) else list(o)
+            stack.extend((k, False) for k in kids if isinstance(k, containers))
+            continue
+        kids = [*o.keys(), *o.values()] if isinstance(o, dict) else list(o)
+        total = 1 + sum(done.get(id(k), 1) if isinstance(k, containers) else 1 for k in kids)
+        active.discard(id(o))
+        done[id(o)] = total
+        if total > limit:
+            raise InputError(f"{display(p)} is a pickle whose shared references expand to more than {limit} "
+                             f"elements from {size} bytes (a pickle bomb); calibscope refuses it")
+
+
+def _decode_keys(obj: Any, memo: dict[int, Any]) -> Any:
+    """``bytes`` keys → ``str``, keeping shared references shared (one copy per original container)."""
+    if not isinstance(obj, (dict, list)):
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
     if isinstance(obj, dict):
-        return {_decode(k): _decode_keys(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode_keys(v) for v in obj]
-    return obj
+        out: Any = {}
+        memo[id(obj)] = out
+        out.update({_decode(k): _decode_keys(v, memo) for k, v in obj.items()})
+        return out
+    out = []
+    memo[id(obj)] = out
+    out.extend(_decode_keys(v, memo) for v in obj)
+    return out
 
 
 def _decode(key: Any) -> Any:
