@@ -149,7 +149,7 @@ def _check_expansion(obj: Any, p: Path, size: int) -> None:
     limit = size + 64
     done: dict[int, int] = {}  # id → elements reachable below it, counted along every path
     active: set[int] = set()  # on the current path (a cycle counts once)
-    stack: list[tuple[Any, bool]] = [(obj, False)]
+    stack: list[tuple[Any, bool]] = [(obj, False)] if isinstance(obj, containers) else []
     while stack:
         o, children_done = stack.pop()
         if not children_done:
