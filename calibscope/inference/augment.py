@@ -334,6 +334,9 @@ def augmented_logits(
     Under ``torchrun`` each rank runs its contiguous shard of the N examples with the same per-row
     augmentation parameters, and every rank receives all logits: the same numbers as one process.
     """
+    if not isinstance(inputs, torch.Tensor):
+        raise InputError("the MI augmentations (noise, shifts, flips) are not defined for named token inputs "
+                         "(input_ids, attention_mask, …): noise on token ids has no meaning")
     validate_augmentation(augmentation, tuple(inputs.shape))
     for name, value, least in (("draws", draws, 2), ("repetitions", repetitions, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:

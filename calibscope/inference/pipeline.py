@@ -45,6 +45,7 @@ def compute_outputs(
     else:
         if dataset is None:
             raise InputError(f"{source} is a model: pass the data to run it on with --data FILE")
+        check_input_size(checkpoint, dataset)
         if options.mean is None and checkpoint.metadata.get("mean") is not None:
             meta = checkpoint.metadata
             options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))
@@ -69,6 +70,18 @@ def compute_outputs(
                                          "dataset_sha256": dataset.sha256, "dataset_format": dataset.format})
     validate_outputs(outputs, source=source, num_classes=checkpoint.metadata.get("num_classes"))
     return outputs
+
+
+def check_input_size(checkpoint, dataset) -> None:
+    """A model whose preprocessing fixes the image size (``metadata["input_size"]`` [H, W], e.g. from a Hugging
+    Face ``preprocessor_config.json``) gets images of that size, or an error: calibscope does not resize."""
+    size = checkpoint.metadata.get("input_size")
+    shape = tuple(dataset.inputs.shape)
+    if size is None or len(shape) != 4 or list(shape[2:]) == list(size):
+        return
+    raise InputError(f"'{checkpoint.path}' expects {size[0]}×{size[1]} images (its preprocessing config) but "
+                     f"'{dataset.source}' holds {shape[2]}×{shape[3]}; resize them the way the model's image "
+                     "processor does before passing them")
 
 
 def _device_kind(spec: str) -> str:
@@ -185,6 +198,7 @@ def output_shard(
                            outputs.meta, lambda a, b: outputs.logits[a:b], source, claimed)
     if dataset.labels is None:
         raise InputError(f"'{dataset.source}' has no labels: calibration compares predictions with labels")
+    check_input_size(checkpoint, dataset)
     if options.mean is None and checkpoint.metadata.get("mean") is not None:
         meta = checkpoint.metadata
         options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))

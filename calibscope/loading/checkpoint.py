@@ -102,6 +102,11 @@ def load_checkpoint(
     """
     p = files.require_exists(path)
     kind = files.sniff(p)
+    if kind == "directory":
+        from calibscope.loading.huggingface import is_huggingface_folder, load_huggingface
+
+        if is_huggingface_folder(p):
+            return load_huggingface(p, trust=trust)
     if kind == "torch-export":
         return _load_export(p, trust=trust)
     if kind == "torchscript":

@@ -60,6 +60,9 @@ from calibscope.loading.types import Dataset
 
 INPUT_KEYS = ("x", "images", "inputs", "data")
 LABEL_KEYS = ("y", "labels", "targets")
+# Named model inputs (Hugging Face tokenizers' and processors' output keys), fed to the model by keyword.
+NAMED_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values",
+                    "input_values", "input_features")
 CSV_LABEL_COLUMNS = ("label", "labels", "y", "target", "class")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SPLIT_FOLDER_NAMES = ("train", "test", "val", "valid", "validation")
@@ -226,6 +229,9 @@ def _mapped_safetensors(p: Path) -> tuple[dict[str, Any], dict[str, str]] | None
 def _finish(loaded: _Loaded, source: Path, *, limit: int | None) -> Dataset:
     import torch
 
+    if isinstance(loaded.inputs, dict):
+        return _finish_named(loaded, source, limit=limit)
+
     inputs = np.asarray(loaded.inputs)
     labels = None if loaded.labels is None else _labels_int64(loaded.labels, source)
     if inputs.ndim < 2:
@@ -279,6 +285,8 @@ def _inputs_layout(a: Any, source: Path, *, tensor_like: bool) -> tuple[Any, str
         layout = "NHW→NCHW"
     if a.dtype == np.uint8 and a.ndim == 4:
         return a, layout  # images: uint8 until they are on the device
+    if a.dtype.kind == "i" or (a.dtype.kind == "u" and a.dtype.itemsize > 1):
+        return a.astype(np.int64, copy=False), layout  # token ids, counts: integers stay integers
     if a.dtype.kind not in "biuf":
         raise InputError(f"{display(source)}: inputs must be numbers, got dtype {a.dtype}")
     return a.astype(np.float32, copy=False), layout
@@ -339,6 +347,9 @@ def _find_key(keys: Any, names: tuple[str, ...], split: str | None) -> str | Non
 def _from_mapping(mapping: dict[str, Any], p: Path, fmt: str, split: str | None, *,
                   class_names: Any = None) -> _Loaded:
     keys = [k for k in mapping if isinstance(k, str)]
+    named = [k for k in NAMED_INPUT_KEYS if k in keys]
+    if named and _find_key(keys, INPUT_KEYS, None) is None:
+        return _named_inputs(mapping, named, p, fmt, split, class_names=class_names)
     if split is None:
         x_key = _find_key(keys, INPUT_KEYS, None)
         used_split = None
@@ -361,6 +372,51 @@ def _from_mapping(mapping: dict[str, Any], p: Path, fmt: str, split: str | None,
     names = _class_names(class_names, p) if class_names is not None else None
     return _Loaded(inputs, labels, fmt, [p], split=used_split, class_names=names, tensor_like=True,
                    metadata={"keys": [x_key, y_key]})
+
+
+def _named_inputs(mapping: dict[str, Any], named: list[str], p: Path, fmt: str, split: str | None, *,
+                  class_names: Any) -> _Loaded:
+    """``input_ids`` (+ ``attention_mask``, ``token_type_ids`` …) and labels: e.g.
+    ``np.savez(path, **tokenizer(texts, padding=True, return_tensors="np"), labels=y)``."""
+    _single_split(p, split, None)
+    y_key = _find_key(list(mapping), LABEL_KEYS, None)
+    inputs = {k: _to_numpy(mapping[k], p, k) for k in named}
+    labels = None if y_key is None else _to_numpy(mapping[y_key], p, y_key)
+    names = _class_names(class_names, p) if class_names is not None else None
+    return _Loaded(inputs, labels, fmt, [p], class_names=names, metadata={"keys": [*named, y_key]})
+
+
+def _finish_named(loaded: _Loaded, source: Path, *, limit: int | None) -> Dataset:
+    """Named inputs: integers stay int64 (token ids, masks), floats become float32; one example dimension."""
+    import torch
+
+    from calibscope.feeding import KeywordInputs
+
+    arrays = {k: np.asarray(a) for k, a in loaded.inputs.items()}
+    rows = {k: (int(a.shape[0]) if a.ndim else 0) for k, a in arrays.items()}
+    if len(set(rows.values())) != 1:
+        raise InputError(f"{display(source)}: the named inputs have different numbers of examples ({rows})")
+    n_total = next(iter(rows.values()))
+    if n_total == 0:
+        raise InputError(f"{display(source)} holds 0 examples")
+    labels = None if loaded.labels is None else _labels_int64(loaded.labels, source)
+    if labels is not None and labels.shape[0] != n_total:
+        raise InputError(f"{display(source)}: {n_total} examples but {labels.shape[0]} labels")
+    tensors = {}
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"{display(source)}: {k!r} must be numbers, got dtype {a.dtype}")
+        a = a[:limit] if limit is not None else a
+        a = a.astype(np.int64) if a.dtype.kind in "biu" else a.astype(np.float32)
+        tensors[k] = torch.from_numpy(np.array(a, order="C", copy=True))
+    if labels is not None and limit is not None:
+        labels = labels[:limit].copy()
+    n = int(next(iter(tensors.values())).shape[0])
+    metadata = {"split": None, "limit": limit, "num_examples_in_source": n_total, **loaded.metadata}
+    effective = {"split": None, "limit": n if n < n_total else None, "named_inputs": list(tensors)}
+    return Dataset(inputs=KeywordInputs(tensors), labels=None if labels is None else torch.from_numpy(labels),
+                   source=source, format=loaded.format, sha256=_selection_sha256(loaded.files, source, effective),
+                   class_names=loaded.class_names, metadata=metadata)
 
 
 def _to_numpy(value: Any, p: Path, key: str) -> Any:

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-ModelFormat = Literal["export", "torchscript", "state_dict", "safetensors", "pickle"]
+    from calibscope.feeding import KeywordInputs
+
+ModelFormat = Literal["export", "torchscript", "state_dict", "safetensors", "pickle", "huggingface", "onnx",
+                      "aoti"]
 LogitsFormat = Literal["npz", "npy", "pt", "safetensors", "csv"]
 
 
@@ -54,11 +57,13 @@ class Dataset:
     """Examples and labels held in memory.
 
     ``inputs``: ``[N, ...]``; images are NCHW and stay ``uint8`` (values 0–255) until they reach the device,
-    other data is float32. ``labels``: int64 ``[N]`` or None. ``sha256``: a content hash of what was loaded
+    integer data (token ids) int64, other data float32; or named inputs
+    (:class:`~calibscope.feeding.KeywordInputs`: ``input_ids``, ``attention_mask`` …, fed by keyword).
+    ``labels``: int64 ``[N]`` or None. ``sha256``: a content hash of what was loaded
     (used for cache keys and same-data warnings).
     """
 
-    inputs: torch.Tensor
+    inputs: torch.Tensor | KeywordInputs
     labels: torch.Tensor | None
     source: Path
     format: str

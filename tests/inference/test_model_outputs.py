@@ -223,3 +223,26 @@ def _ci() -> bool:
     import os
 
     return bool(os.environ.get("CI"))
+
+
+def test_token_ids_under_x_stay_integers(tmp_path):
+    from calibscope.loading.dataset import load_dataset
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.EmbeddingBag(50, 8)
+            self.classifier = nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.classifier(self.embed(ids))
+
+    ids = np.random.default_rng(0).integers(0, 50, size=(20, 6))
+    np.savez(tmp_path / "ids.npz", x=ids, y=np.zeros(20, np.int64))
+    ds = load_dataset(tmp_path / "ids.npz")
+    assert ds.inputs.dtype == torch.int64  # not cast to float (the Embedding would refuse it)
+    torch.manual_seed(0)
+    model = Bag().eval()
+    out = run_inference(model, ds.inputs, options=InferenceOptions(batch_size=7), progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(torch.from_numpy(ids)), atol=1e-6, rtol=0)
