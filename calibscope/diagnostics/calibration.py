@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import torch
 
+from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
 from calibscope.errors import InputError
 
 __all__ = [
@@ -83,6 +84,7 @@ _F64 = torch.float64
 def _validate_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
         raise InputError(f"Expected argument `n_bins` to be an integer larger than 0, but got {n_bins!r}")
+    check_upper(n_bins, MAX_BINS, "n_bins")
     return int(n_bins)
 
 
@@ -698,9 +700,8 @@ def _validate_bootstrap(bootstrap: Any, confidence_level: Any, seed: Any) -> tup
         0 < confidence_level < 1
     ):
         raise InputError(f"Expected argument `confidence_level` to be in (0, 1), but got {confidence_level!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise InputError(f"Expected argument `seed` to be an integer of at least 0, but got {seed!r}")
-    return int(bootstrap), float(confidence_level), int(seed)
+    check_upper(bootstrap, MAX_BOOTSTRAP, "bootstrap")
+    return int(bootstrap), float(confidence_level), check_seed(seed)
 
 
 def _validate_grid_size(grid: Any) -> int:

@@ -564,7 +564,15 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     t = _validate_temperature(temperature)
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise InputError("Expected argument `logits` to be a floating point torch.Tensor")
-    return logits / t
+    scaled = logits / t
+    overflow = torch.isinf(scaled) & torch.isfinite(logits)
+    if bool(overflow.any()):
+        largest = float(logits[torch.isfinite(logits)].abs().max())
+        limit = largest / torch.finfo(scaled.dtype).max
+        raise InputError(f"the temperature {temperature!r} is too small for these logits: logits / T overflow "
+                         f"{str(scaled.dtype).replace('torch.', '')} (largest |logit| {largest:.4g}); "
+                         f"use a temperature of at least {limit:.3g}")
+    return scaled
 
 
 def sweep_temperatures(

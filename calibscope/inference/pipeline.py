@@ -192,12 +192,13 @@ def output_shard(
         return OutputShard(n, k, start, stop, labels[start:stop], meta, read, source, claimed)
     if dataset is None:
         raise InputError(f"{source} is a model: pass the data to run it on with --data FILE")
+    if dataset.labels is None:  # before running the model: the result would be unusable
+        raise InputError(f"'{dataset.source}' has inputs but no labels: calibration compares predictions with "
+                         "labels; store them beside the inputs (y / labels / targets)")
     if group is None:
         outputs = compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress)
         return OutputShard(outputs.num_examples, outputs.num_classes, 0, outputs.num_examples, outputs.labels,
                            outputs.meta, lambda a, b: outputs.logits[a:b], source, claimed)
-    if dataset.labels is None:
-        raise InputError(f"'{dataset.source}' has no labels: calibration compares predictions with labels")
     check_input_size(checkpoint, dataset)
     if options.mean is None and checkpoint.metadata.get("mean") is not None:
         meta = checkpoint.metadata

@@ -490,6 +490,9 @@ def read_baseline(path: Path) -> Baseline:
         raise InputError(f"cannot read the baseline '{path}': {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"the baseline '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"the baseline '{path}' is nested too deeply to be a `calibscope ece --json` "
+                         "document") from None
     if not isinstance(doc, dict) or doc.get("schema") != "calibscope/ece":
         schema = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"the baseline '{path}' is not a `calibscope ece --json` document (schema {schema!r})")

@@ -102,6 +102,9 @@ def temperature_option(temperature: float | None, temperature_from: Path | None)
         raise InputError(f"cannot read the temperature file '{temperature_from}': {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"the temperature file '{temperature_from}' is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"the temperature file '{temperature_from}' is nested too deeply to be one written by "
+                         "`calibscope temperature --save-temperature`") from None
     if not isinstance(doc, dict) or "temperature" not in doc:
         raise InputError(f"the temperature file '{temperature_from}' has no top-level \"temperature\" number")
     value = _check_temperature(doc["temperature"], f"\"temperature\" in '{temperature_from}'")
