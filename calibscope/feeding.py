@@ -23,7 +23,17 @@ from calibscope.conventions import input_normaliser
 from calibscope.errors import InputError
 from calibscope.model_outputs import classifier_width, select_logits
 
-__all__ = ["KeywordInputs", "ModelCall", "call_model", "static_batch_size"]
+__all__ = ["NO_AUTOGRAD", "KeywordInputs", "ModelCall", "call_model", "no_autograd_reason", "static_batch_size"]
+
+# Attribute of model facades that are no torch graphs (an ONNX session, an AOTInductor package): its value says
+# why they give no gradients or penultimate features. Read by the feature tap and the Hessian.
+NO_AUTOGRAD = "calibscope_no_autograd"
+
+
+def no_autograd_reason(model: Any) -> str | None:
+    """Why ``model`` cannot be differentiated or hooked (see :data:`NO_AUTOGRAD`), or None for torch modules."""
+    reason = getattr(model, NO_AUTOGRAD, None)
+    return reason if isinstance(reason, str) else None
 
 
 class KeywordInputs:

@@ -274,6 +274,11 @@ def _layer_of(name: str) -> str:
 def select_parameters(model: nn.Module, params: str = "all") -> list[tuple[str, torch.Tensor]]:
     """``(name, parameter)`` pairs chosen by ``params``: ``"all"``, ``"last"`` (the parameters of the last
     module that has any, e.g. the classifier) or a regular expression searched in the names."""
+    from calibscope.feeding import no_autograd_reason
+
+    reason = no_autograd_reason(model)
+    if reason is not None:
+        raise InputError(f"the Hessian needs gradients through a torch model: {reason}")
     named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
     if not named:
         raise InputError("the model has no floating-point parameters: there is no Hessian to compute")

@@ -59,6 +59,11 @@ def _is_exported_graph(model: nn.Module) -> bool:
 
 def attach_feature_tap(model: nn.Module, num_classes: int, *, layer: str | None = None) -> FeatureTap:
     """Prepare ``model`` so each forward call records the input of its final linear layer."""
+    from calibscope.feeding import no_autograd_reason
+
+    reason = no_autograd_reason(model)
+    if reason is not None:
+        raise InputError(f"penultimate features need a torch model: {reason}")
     if _is_torchscript(model):
         raise InputError("cannot capture penultimate features from a TorchScript model (it accepts no new "
                          "hooks); use the .pt2 (torch.export) or safetensors/state_dict form of the checkpoint")

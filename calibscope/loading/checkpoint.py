@@ -66,7 +66,8 @@ _LOGITS_KEYS = ("logits", "probs")
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 _PROB_TOLERANCE = 1e-4
 _SUPPORTED = ("Supported: .pt2 (torch.export), TorchScript, state_dict/.pth/.bin with --arch, safetensors, "
-              "pickled nn.Module with --trust, logits/probabilities files (.npz .npy .pt .safetensors .csv)")
+              "Hugging Face folders, ONNX, pickled nn.Module with --trust, logits/probabilities files "
+              "(.npz .npy .pt .safetensors .csv)")
 _LOOKS_LIKE = {
     "directory": "a directory",
     "gzip": "gzip-compressed data",
@@ -107,6 +108,11 @@ def load_checkpoint(
 
         if is_huggingface_folder(p):
             return load_huggingface(p, trust=trust)
+    if kind in ("unknown", "text"):
+        from calibscope.loading.onnx import load_onnx, looks_like_onnx
+
+        if looks_like_onnx(p):
+            return load_onnx(p)
     if kind == "torch-export":
         return _load_export(p, trust=trust)
     if kind == "torchscript":
