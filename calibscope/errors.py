@@ -27,3 +27,12 @@ class GateFailed(CalibscopeError):
 class InputNote(UserWarning):
     """Something about the input that calibscope noticed and handled (e.g. a pandas index column it ignored).
     Shown once, as one line (``calibscope: warning: …``); never changes the exit code."""
+
+
+class ArgumentError(InputError):
+    """An argument of a library call is out of range. The message names it as ```name``` (the Python
+    argument); ``argument`` holds the name, so that the command line can word it as its flag."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,19 @@ HELP = {
     "json": "Print a versioned JSON document to stdout instead of tables.",
     "out": "Write figures (PNG + SVG) and JSON into this directory.",
 }
+
+
+# Help texts shared by ood and selective.
+HELP_SCORES = ("Comma-separated confidence scores: msp (max softmax probability), max-logit, energy (Liu et al. "
+               "2020), mahalanobis (Lee et al. 2018; needs --train)")
+HELP_TRAIN = ("Training data (with labels) for the mahalanobis score: class means and one shared covariance of "
+              "the penultimate features. Its 'train' split is used when it holds several.")
+HELP_TEMPERATURE = ("Softmax temperature T for msp and energy: a number (e.g. the T that 'calibscope temperature' "
+                    "fitted on validation data, Guo et al. 2017), or 'fit' for the NLL-optimal T on the labelled "
+                    "--data itself (optimistic: it sees the test labels) [default: 1].")
+HELP_SHRINKAGE = ("Covariance shrinkage of the mahalanobis score towards a scaled identity: ledoit-wolf "
+                  "(Ledoit & Wolf 2004, data-driven) or a fixed δ in [0, 1] (0: none, may be singular).")
+HELP_LAYER = "Feature layer for mahalanobis (default: the input of the last linear layer with K outputs)."
 
 
 # The options every model-running command shares, declared once (Typer reads them from the annotations).
@@ -127,7 +141,7 @@ def _classify(exc: BaseException) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def _distributed_errors() -> Iterator[None]:
     """One rank of a ``torchrun`` job: see :func:`cli_errors`."""
-    from calibscope.inference import distributed
+    import calibscope.inference.distributed as distributed
 
     joined_before = distributed.current() is not None  # e.g. a script running several commands in one group
     try:
@@ -189,7 +203,44 @@ def _silenced(silent: bool) -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return as_flags(text, prefix=getattr(exc, "flag_prefix", "")) if isinstance(exc, InputError) else text
+
+
+# library argument → command-line option, where the two names differ
+ARGUMENT_OPTIONS = {"n_bins": "bins", "tpr_level": "tpr"}
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def _current_context():
+    """The running command's context (Typer vendors Click since 0.26; older versions use Click itself)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - Typer < 0.26
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def as_flags(message: str, *, prefix: str = "") -> str:
+    """A library message worded for the command line: every ```argument``` that is an option of the running
+    command becomes its flag (``n_bins`` → ``--bins``, ``ood_data`` → ``--ood-data``); ``prefix`` first tries
+    the prefixed option (``mi_`` + ``examples`` → ``--mi-examples``, as ``calibscope report`` names them)."""
+    ctx = _current_context()
+    params = {p.name: p for p in ctx.command.params} if ctx is not None else {}
+
+    def flag(match: re.Match) -> str:
+        name = ARGUMENT_OPTIONS.get(match.group(1), match.group(1))
+        for candidate in ((prefix + name) if prefix else None, name):
+            param = params.get(candidate)
+            if param is None:
+                continue
+            if getattr(param, "param_type_name", "") == "argument":
+                return param.human_readable_name
+            longs = [o for o in param.opts if o.startswith("--")]
+            return (longs or param.opts)[0]
+        return match.group(0)
+
+    return _ARGUMENT.sub(flag, message)
 
 
 def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -202,6 +253,35 @@ def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
     if not values:
         raise InputError(f"--{name} expects at least one number")
     return values
+
+
+def parse_shrinkage(text: str) -> float | str:
+    """``--shrinkage``: ``ledoit-wolf`` (or ``lw``) or a number in [0, 1]."""
+    key = text.strip().lower()
+    if key in ("ledoit-wolf", "ledoit_wolf", "lw"):
+        return "ledoit-wolf"
+    try:
+        value = float(key)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise InputError(f"--shrinkage must be 'ledoit-wolf' or a number in [0, 1], got '{text}'")
+    return value
+
+
+def parse_temperature(text: str) -> float | str:
+    """``--temperature``: a positive number, or ``fit``."""
+    import math
+
+    if text.strip().lower() == "fit":
+        return "fit"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"--temperature must be a positive number or 'fit', got '{text}'")
+    return value
 
 
 def parse_json_object(text: str | None, name: str) -> dict | None:
@@ -218,9 +298,9 @@ def parse_json_object(text: str | None, name: str) -> dict | None:
 
 def project_defaults():
     """``[tool.calibscope]`` / ``calibscope.toml`` of the working directory, or None."""
-    from calibscope.loading.config import find_defaults
+    from calibscope.workflows.session import project_defaults as find
 
-    return find_defaults(Path.cwd())
+    return find(Path.cwd())
 
 
 def resolve_data_path(data: Path | None, defaults) -> Path | None:
@@ -229,11 +309,6 @@ def resolve_data_path(data: Path | None, defaults) -> Path | None:
     if defaults is not None and getattr(defaults, "data", None) is not None:
         return Path(defaults.data)
     return None
-
-
-def no_data_error(checkpoint: Path) -> InputError:
-    return InputError(f"no dataset for '{checkpoint}': pass --data FILE, or set data = \"path\" under "
-                      "[tool.calibscope] in pyproject.toml or in calibscope.toml")
 
 
 def pick(value, defaults, name: str, fallback):
@@ -245,103 +320,28 @@ def pick(value, defaults, name: str, fallback):
     return fallback
 
 
-class ModelInputs:
-    """Loads the dataset once and each checkpoint on demand, and turns them into validated Outputs."""
+def session_from_options(*, data: Path | None, split: str | None = None, label_column: str | None = None,
+                         limit: int | None = None, arch: str | None = None, arch_kwargs: str | None = None,
+                         trust: bool = False, device: str | None = None, precision: str | None = None,
+                         batch_size: int | None = None, mean: str | None = None, std: str | None = None,
+                         no_cache: bool = False, defaults=None, capture_features: bool = False,
+                         layer: str | None = None):
+    """A :class:`~calibscope.workflows.session.Session` from the command-line strings: the option if given,
+    else the project default (``[tool.calibscope]`` / ``calibscope.toml``), else the built-in one."""
+    from calibscope.workflows.session import Session
 
-    def __init__(self, *, data: Path | None, split: str | None, label_column: str | None, limit: int | None,
-                 arch: str | None, arch_kwargs: str | None, trust: bool, device: str | None,
-                 precision: str | None, batch_size: int | None, mean: str | None, std: str | None,
-                 no_cache: bool, defaults=None, capture_features: bool = False, layer: str | None = None):
-        from calibscope.inference.engine import DEFAULT_BATCH_SIZE, InferenceOptions
-
-        self.defaults = defaults
-        self.data_path = resolve_data_path(data, defaults)
-        self.split, self.label_column = split, label_column
-        self.limit = pick(limit, defaults, "limit", None)
-        self.arch = arch
-        self.arch_kwargs = parse_json_object(arch_kwargs, "arch-kwargs")
-        self.trust = trust
-        mean_t = parse_floats(mean, "mean") if mean is not None else _tuple(pick(None, defaults, "mean", None))
-        std_t = parse_floats(std, "std") if std is not None else _tuple(pick(None, defaults, "std", None))
-        self.options = InferenceOptions(
-            device=pick(device, defaults, "device", "auto"),
-            precision=pick(precision, defaults, "precision", "fp32"),
-            batch_size=pick(batch_size, defaults, "batch_size", DEFAULT_BATCH_SIZE),
-            mean=mean_t, std=std_t, capture_features=capture_features, layer=layer)
-        self.use_cache = not no_cache
-        self._dataset = None
-
-    @property
-    def dataset(self):
-        if self._dataset is None and self.data_path is not None:
-            from calibscope.loading.dataset import load_dataset
-
-            self._dataset = load_dataset(self.data_path, limit=self.limit, split=self.split,
-                                         label_column=self.label_column)
-        return self._dataset
-
-    def outputs(self, checkpoint_path: Path):
-        """(Outputs, checkpoint) for one checkpoint on the dataset."""
-        from calibscope.inference.pipeline import compute_outputs
-        from calibscope.loading.checkpoint import load_checkpoint
-        from calibscope.loading.types import LogitsCheckpoint
-
-        checkpoint = load_checkpoint(checkpoint_path, arch=self.arch, arch_kwargs=self.arch_kwargs,
-                                     trust=self.trust)
-        needs_data = not (isinstance(checkpoint, LogitsCheckpoint) and checkpoint.labels is not None)
-        if needs_data and self.data_path is None:
-            raise no_data_error(checkpoint_path)
-        dataset = self.dataset if (needs_data or self.data_path is not None) else None
-        if isinstance(checkpoint, LogitsCheckpoint) and self.limit is not None:
-            import dataclasses
-
-            checkpoint = dataclasses.replace(
-                checkpoint, logits=checkpoint.logits[: self.limit],
-                labels=None if checkpoint.labels is None else checkpoint.labels[: self.limit])
-        return compute_outputs(checkpoint, dataset, self.options, use_cache=self.use_cache), checkpoint
-
-    def output_shard(self, checkpoint_path: Path):
-        """(OutputShard, checkpoint): this process's rows of the outputs (all rows for one process).
-
-        A logits file whose logits are big (≥ ``$CALIBSCOPE_STREAM_MIN_BYTES``, default 256 MiB), or any size
-        under ``torchrun``, is read by rows from disk when its format allows (``.npy``, ``numpy.savez``
-        ``.npz``, safetensors), so memory stays bounded whatever the file's size.
-        """
-        from calibscope.inference import distributed
-        from calibscope.inference.pipeline import output_shard
-        from calibscope.loading.checkpoint import load_checkpoint, open_logits_rows
-        from calibscope.loading.types import LogitsCheckpoint, LogitsRows
-
-        threshold = 0 if distributed.current() is not None else _stream_min_bytes()
-        checkpoint = open_logits_rows(checkpoint_path, min_bytes=threshold)
-        if checkpoint is None:
-            checkpoint = load_checkpoint(checkpoint_path, arch=self.arch, arch_kwargs=self.arch_kwargs,
-                                         trust=self.trust)
-        has_labels = isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)) and checkpoint.labels is not None
-        if not has_labels and self.data_path is None:
-            raise no_data_error(checkpoint_path)
-        dataset = self.dataset if (not has_labels or self.data_path is not None) else None
-        if self.limit is not None:
-            import dataclasses
-
-            if isinstance(checkpoint, LogitsRows):
-                checkpoint = dataclasses.replace(checkpoint, limit=self.limit)
-            elif isinstance(checkpoint, LogitsCheckpoint):
-                checkpoint = dataclasses.replace(
-                    checkpoint, logits=checkpoint.logits[: self.limit],
-                    labels=None if checkpoint.labels is None else checkpoint.labels[: self.limit])
-        return output_shard(checkpoint, dataset, self.options, use_cache=self.use_cache), checkpoint
+    mean_t = parse_floats(mean, "mean") if mean is not None else _tuple(pick(None, defaults, "mean", None))
+    std_t = parse_floats(std, "std") if std is not None else _tuple(pick(None, defaults, "std", None))
+    return Session(resolve_data_path(data, defaults), split=split, label_column=label_column,
+                   limit=pick(limit, defaults, "limit", None), arch=arch,
+                   arch_kwargs=parse_json_object(arch_kwargs, "arch-kwargs"), trust=trust,
+                   device=pick(device, defaults, "device", "auto"),
+                   precision=pick(precision, defaults, "precision", "fp32"),
+                   batch_size=pick(batch_size, defaults, "batch_size", None), mean=mean_t, std=std_t,
+                   use_cache=not no_cache, capture_features=capture_features, layer=layer)
 
 
-STREAM_MIN_BYTES_ENV = "CALIBSCOPE_STREAM_MIN_BYTES"
-
-
-def _stream_min_bytes() -> int:
-    text = os.environ.get(STREAM_MIN_BYTES_ENV, "").strip()
-    try:
-        return int(text) if text else 256 << 20
-    except ValueError:
-        raise InputError(f"{STREAM_MIN_BYTES_ENV} must be a number of bytes, got '{text}'") from None
+ModelInputs = session_from_options  # the former name (other branches may still call it)
 
 
 def _tuple(value):
@@ -352,9 +352,7 @@ def _tuple(value):
     return tuple(float(v) for v in value)
 
 
-def display_names(paths: list[Path]) -> list[str]:
-    """Short unique names for checkpoints: the file name, with parents added only where needed."""
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [str(p) for p in paths]
+def display_names(paths):
+    from calibscope.workflows.session import display_names as names
+
+    return names(paths)

@@ -24,6 +24,8 @@ from calibscope.cli._common import (
     TrustOpt,
     cli_errors,
 )
+from calibscope.diagnostics.defaults import DEFAULT_BINS
+from calibscope.workflows.calibration import DEFAULT_NORM
 
 
 def ece(
@@ -90,25 +92,17 @@ def ece(
       calibscope ece model.pt2 --data test.npz --temperature-from t.json
     """
     with cli_errors():
-        from calibscope.cli._common import ModelInputs, display_names, echo_err, pick, project_defaults
-        from calibscope.diagnostics.calibration import calibration_metrics, streamed_calibration_metrics
-        from calibscope.diagnostics.temperature import apply_temperature
+        from calibscope.cli._common import display_names, echo_err, pick, project_defaults, session_from_options
         from calibscope.errors import GateFailed, InputError
-        from calibscope.inference import distributed
-        from calibscope.render import ece_view, temperature_view
+        from calibscope.render import ece_view
+        from calibscope.workflows.calibration import CalibrationSettings, run_calibration
+        from calibscope.workflows.gate import ece_gate, read_baseline
+        from calibscope.workflows.temperature import temperature_option
 
         defaults = project_defaults()
-        n_bins = pick(bins, defaults, "bins", 15)
-        if n_bins < 1:
-            raise InputError(f"--bins must be a positive integer, got {n_bins}")
-        norm_ = pick(norm, defaults, "norm", "l1")
-        if norm_ not in ece_view.HEADLINE:
-            raise InputError(f"--norm must be one of l1, l2, max, got '{norm_}'")
-        if bootstrap != 0 and bootstrap < 200:
-            raise InputError(f"--bootstrap needs at least 200 resamples for a 95 % interval, got {bootstrap} "
-                             "(0 turns it off)")
-        if seed < 0:
-            raise InputError(f"--seed must be 0 or more, got {seed}")
+        settings = CalibrationSettings(n_bins=pick(bins, defaults, "bins", DEFAULT_BINS),
+                                       norm=pick(norm, defaults, "norm", DEFAULT_NORM), bootstrap=bootstrap,
+                                       seed=seed, temperature=temperature_option(temperature, temperature_from))
         gate_ece = pick(max_ece, defaults, "max_ece", None)
         baseline_path = pick(baseline, defaults, "baseline", None)
         increase = pick(max_increase, defaults, "max_increase", None)
@@ -117,47 +111,14 @@ def ece(
                 raise InputError(f"{option} must be a number between 0 and 1, got {value}")
         if max_increase is not None and baseline_path is None:
             raise InputError("--max-increase needs --baseline OLD.json (an earlier `calibscope ece --json` output)")
-        fixed_t = temperature_view.temperature_option(temperature, temperature_from)
-        base = ece_view.read_baseline(Path(baseline_path)) if baseline_path is not None else None
-
-        inputs = ModelInputs(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                             arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
-                             batch_size=batch_size, mean=mean, std=std, no_cache=no_cache, defaults=defaults)
-        headline = ece_view.HEADLINE[norm_]
-        results = []
-        group = distributed.current()
-        for name, path in zip(display_names(checkpoints), checkpoints, strict=True):
-            warnings, temperature_info = [], None
-            if fixed_t is not None:
-                temperature_info = fixed_t.describe()
-            if bootstrap:  # resampling needs every example in one place (gathered on every rank under torchrun)
-                outputs, checkpoint = inputs.outputs(path)
-                meta, logits = outputs.meta, outputs.logits
-                if fixed_t is not None:
-                    logits = apply_temperature(logits, fixed_t.value)
-                metrics = calibration_metrics(logits, outputs.labels, n_bins=n_bins, bootstrap=bootstrap, seed=seed)
-            else:  # sufficient statistics chunk by chunk (and rank by rank): the logits are never all in one place
-                shard, checkpoint = inputs.output_shard(path)
-                meta = shard.meta
-                chunks = shard.chunks() if fixed_t is None else (
-                    (apply_temperature(z, fixed_t.value), y) for z, y in shard.chunks())
-                metrics = streamed_calibration_metrics(
-                    chunks, num_classes=shard.num_classes, n_bins=n_bins, num_examples=len(shard),
-                    reduce=None if group is None else group.all_reduce_sum,
-                    gather=None if group is None else group.all_gather_rows)
-            if fixed_t is not None:
-                warnings += fixed_t.warnings_for(meta)
-            if temperature_info is not None:
-                for m in metrics.metrics.values():
-                    m.definition["logits"] = f"divided by the temperature T = {fixed_t.value!r} before the softmax"
-            result = ece_view.EceResult(name, path, checkpoint.format, metrics.report, meta,
-                                        metrics=metrics, headline=headline, temperature=temperature_info,
-                                        warnings=tuple(warnings), notes=metrics.warnings)
-            if base is not None:
-                result = base.compare(result, n_results=len(checkpoints))
-            results.append(result)
-
-        gate = _gate(results, gate_ece, increase, base)
+        base = read_baseline(Path(baseline_path)) if baseline_path is not None else None
+        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
+                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
+                                       defaults=defaults)
+        results = [run_calibration(session, path, settings, name=name, baseline=base, n_results=len(checkpoints))
+                   for name, path in zip(display_names(checkpoints), checkpoints, strict=True)]
+        gate = ece_gate(results, max_ece=gate_ece, max_increase=increase, baseline=base)
         doc = ece_view.document(results, gate=gate)
         for r in results:
             for w in r.warnings:
@@ -173,25 +134,3 @@ def ece(
             ece_view.print_tables(results, written=written, show_all=all_, gate=gate)
         if not gate.passed:
             raise GateFailed("; ".join(c.message for c in gate.checks if not c.passed))
-
-
-def _gate(results, max_ece, max_increase, base):
-    """Every threshold applied to every checkpoint (comparisons only; the numbers come from the library)."""
-    from calibscope.render.ece_view import Gate, GateCheck
-
-    checks = []
-    for r in results:
-        label = "ECE" if r.headline == "ece" else {"ece_l2": "ECE ℓ2", "mce": "MCE"}[r.headline]
-        if max_ece is not None:
-            ok = not r.value > max_ece
-            checks.append(GateCheck(r.name, "max_ece", r.headline, r.value, max_ece, ok,
-                                    f"{r.name} {label} {r.value:.4f} {'≤' if ok else '>'} --max-ece {max_ece:g}"))
-        if max_increase is not None and r.baseline is not None:
-            delta = r.baseline["delta"]
-            ok = not delta > max_increase
-            checks.append(GateCheck(
-                r.name, "max_increase", r.headline, r.value, max_increase, ok,
-                f"{r.name} {label} {r.value:.4f} vs baseline {r.baseline['value']:.4f}: {delta:+.4f} "
-                f"{'≤' if ok else '>'} --max-increase {max_increase:g}"))
-    return Gate(max_ece=max_ece, max_increase=max_increase if base is not None else None,
-                baseline=None if base is None else str(base.path), checks=tuple(checks))

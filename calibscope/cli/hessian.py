@@ -20,6 +20,14 @@ from calibscope.cli._common import (
     TrustOpt,
     cli_errors,
 )
+from calibscope.diagnostics.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXAMPLES,
+    DEFAULT_MAX_HVP,
+    DEFAULT_TOL,
+    DEFAULT_TOP,
+    DEFAULT_TRACE_SAMPLES,
+)
 
 
 def hessian(
@@ -28,12 +36,12 @@ def hessian(
                   "by side (e.g. SGD vs SAM).", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"] + " Use the training data: "
                                      "the loss is the training loss.", show_default=False),
-    top: int = typer.Option(5, "--top", "-k", help="How many of the largest eigenvalues (λ1…λk)."),
-    examples: int = typer.Option(4096, "--examples", help="Size of the fixed, seeded subset of the data the "
-                                 "loss is averaged over (all examples if the dataset is smaller)."),
-    tol: float = typer.Option(1e-4, "--tol", help="Stop when every wanted eigenvalue has Lanczos residual "
+    top: int = typer.Option(DEFAULT_TOP, "--top", "-k", help="How many of the largest eigenvalues (λ1…λk)."),
+    examples: int = typer.Option(DEFAULT_EXAMPLES, "--examples", help="Size of the fixed, seeded subset of the "
+                                 "data the loss is averaged over (all examples if the dataset is smaller)."),
+    tol: float = typer.Option(DEFAULT_TOL, "--tol", help="Stop when every wanted eigenvalue has Lanczos residual "
                               "≤ tol·|λ|."),
-    max_hvp: int = typer.Option(200, "--max-hvp", help="At most this many Hessian-vector products for the "
+    max_hvp: int = typer.Option(DEFAULT_MAX_HVP, "--max-hvp", help="At most this many Hessian-vector products for the "
                                 "eigenvalues (not converged otherwise, said so)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset, the Lanczos start vector and the "
                              "Hutchinson probes."),
@@ -43,8 +51,8 @@ def hessian(
                                "expression over parameter names (e.g. 'classifier|features\\.6')."),
     bn: str = typer.Option("eval", "--bn", help="BatchNorm statistics: eval (running statistics) or train "
                            "(batch statistics; running ones left untouched)."),
-    trace_samples: int = typer.Option(20, "--trace-samples", help="Hutchinson probes for the trace estimate "
-                                      "(0: no trace)."),
+    trace_samples: int = typer.Option(DEFAULT_TRACE_SAMPLES, "--trace-samples", help="Hutchinson probes for the "
+                                      "trace estimate (0: no trace)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also the top eigenvalue of each layer's "
                                    "diagonal block."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density by stochastic Lanczos "
@@ -56,9 +64,8 @@ def hessian(
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
     device: DeviceOpt = None,
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Examples per batch of the "
-                                          "Hessian-vector products (bounds memory) [default: 256].",
-                                          show_default=False),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", help="Examples per batch of the "
+                                   "Hessian-vector products (bounds memory)."),
     limit: LimitOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
@@ -81,53 +88,17 @@ def hessian(
       calibscope hessian weights.safetensors --arch torchvision:resnet18 --data train/ --params last --json
     """
     with cli_errors():
-        from calibscope.cli._common import ModelInputs, display_names, no_data_error, project_defaults
-        from calibscope.diagnostics import hessian as hs
-        from calibscope.errors import InputError
-        from calibscope.inference import distributed
-        from calibscope.inference.device import resolve_device
-        from calibscope.loading.checkpoint import load_checkpoint
-        from calibscope.loading.types import LogitsCheckpoint
+        from calibscope.cli._common import display_names, project_defaults, session_from_options
         from calibscope.render import hessian_view
+        from calibscope.workflows.hessian import HessianSettings, run_hessian
 
-        defaults = project_defaults()
-        inputs = ModelInputs(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                             arch_kwargs=arch_kwargs, trust=trust, device=device, precision=None, batch_size=None,
-                             mean=mean, std=std, no_cache=True, defaults=defaults)
-        if inputs.data_path is None:
-            raise no_data_error(checkpoints[0])
-        bs = batch_size if batch_size is not None else hs.DEFAULT_BATCH_SIZE
-        if bn not in ("eval", "train"):
-            raise InputError(f"--bn must be 'eval' or 'train', got '{bn}'")
-        target = resolve_device(inputs.options.device)
-        options = dict(top=top, tol=tol, examples=examples, seed=seed, params=params, bn=bn, batch_size=bs,
-                       max_hvp=max_hvp, trace_samples=trace_samples, per_layer=per_layer, density=density)
-        group = distributed.current()
-        if group is not None:  # under torchrun: each rank a part of the subset, products summed over ranks
-            options.update(part=(group.rank, group.world_size), reduce=group.all_reduce_sum)
-
-        results = []
-        for name, path in zip(display_names(checkpoints), checkpoints, strict=True):
-            checkpoint = load_checkpoint(path, arch=inputs.arch, arch_kwargs=inputs.arch_kwargs, trust=inputs.trust)
-            if isinstance(checkpoint, LogitsCheckpoint):
-                raise InputError(f"'{path}' holds precomputed logits, not a model: the Hessian needs the "
-                                 "parameters (.pt2, TorchScript, state_dict or safetensors)")
-            dataset = inputs.dataset
-            mean_t, std_t = inputs.options.mean, inputs.options.std
-            if mean_t is None and checkpoint.metadata.get("mean") is not None:
-                mean_t = tuple(map(float, checkpoint.metadata["mean"]))
-                std_t = tuple(map(float, checkpoint.metadata["std"]))
-            model = checkpoint.module.to(target)
-            run = dict(options, mean=mean_t, std=std_t)
-            if repeats > 1:
-                rep = hs.hessian_repeats(model, dataset.inputs, dataset.labels, repeats=repeats, **run)
-                spectrum = rep.spectra[0]
-            else:
-                rep, spectrum = None, hs.top_hessian_eigenvalues(model, dataset.inputs, dataset.labels, **run)
-            meta = {"checkpoint_sha256": checkpoint.sha256, "dataset": str(dataset.source),
-                    "dataset_sha256": dataset.sha256, "normalisation": {"mean": mean_t, "std": std_t}}
-            results.append(hessian_view.HessianResult(name, path, checkpoint.format, spectrum, rep, meta))
-
+        settings = HessianSettings(top=top, examples=examples, tol=tol, max_hvp=max_hvp, seed=seed, repeats=repeats,
+                                   params=params, bn=bn, trace_samples=trace_samples, per_layer=per_layer,
+                                   density=density, batch_size=batch_size)
+        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
+                                       arch_kwargs=arch_kwargs, trust=trust, device=device, mean=mean, std=std,
+                                       no_cache=True, defaults=project_defaults())
+        results = run_hessian(session, checkpoints, settings, names=display_names(checkpoints))
         doc = hessian_view.document(results)
         written = hessian_view.write_outputs(out, results, doc) if out is not None else None
         if json_:

@@ -8,6 +8,11 @@ import typer
 
 from calibscope.cli._common import (
     HELP,
+    HELP_LAYER,
+    HELP_SCORES,
+    HELP_SHRINKAGE,
+    HELP_TEMPERATURE,
+    HELP_TRAIN,
     ArchKwargsOpt,
     ArchOpt,
     BatchSizeOpt,
@@ -22,22 +27,25 @@ from calibscope.cli._common import (
     TrustOpt,
     cli_errors,
 )
-from calibscope.cli.ood import HELP_LAYER, HELP_SCORES, HELP_SHRINKAGE, HELP_TEMPERATURE, HELP_TRAIN
+from calibscope.workflows.ood import DEFAULT_SHRINKAGE
+from calibscope.workflows.selective import DEFAULT_COVERAGES, DEFAULT_SCORES
 
 
 def selective(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
                                       "logits file.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
-    score: str = typer.Option("msp", "--score", "-s", help=HELP_SCORES + "; several are drawn side by side."),
-    coverage: str = typer.Option("0.8,0.9,0.95", "--coverage", help="Coverages at which to report the "
-                                 "accuracy of the kept examples (comma-separated, in (0, 1])."),
+    score: str = typer.Option(",".join(DEFAULT_SCORES), "--score", "-s",
+                              help=HELP_SCORES + "; several are drawn side by side."),
+    coverage: str = typer.Option(",".join(map(str, DEFAULT_COVERAGES)), "--coverage",
+                                 help="Coverages at which to report the accuracy of the kept examples "
+                                 "(comma-separated, in (0, 1])."),
     target_risk: float | None = typer.Option(None, "--target-risk", help="Report the largest coverage whose "
                                              "error rate is at most this (e.g. 0.01) and its threshold.",
                                              show_default=False),
     temperature: str = typer.Option("1", "--temperature", "-T", help=HELP_TEMPERATURE, show_default=False),
     train: Path | None = typer.Option(None, "--train", help=HELP_TRAIN, show_default=False),
-    shrinkage: str = typer.Option("ledoit-wolf", "--shrinkage", help=HELP_SHRINKAGE),
+    shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
     json_: JsonOpt = False,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
@@ -72,51 +80,25 @@ def selective(
       calibscope selective test_logits.npz --coverage 0.5,0.9 --json
     """
     with cli_errors():
-        from calibscope.cli._common import ModelInputs, display_names, parse_floats, project_defaults
-        from calibscope.cli.ood import (
-            fit_train_gaussians,
+        from calibscope.cli._common import (
+            display_names,
+            parse_floats,
             parse_shrinkage,
             parse_temperature,
-            resolve_temperature,
-            wants_features,
+            project_defaults,
+            session_from_options,
         )
-        from calibscope.diagnostics.ood import parse_scores
-        from calibscope.diagnostics.selective import selective_report
-        from calibscope.errors import InputError
-        from calibscope.loading.types import LogitsCheckpoint
         from calibscope.render import selective_view
+        from calibscope.workflows.selective import SelectiveSettings, run_selective
 
-        names = parse_scores(score)
-        coverages = parse_floats(coverage, "coverage")
-        features = wants_features(names, train)
-        shrink = parse_shrinkage(shrinkage)
-        temperature_value = parse_temperature(temperature)
-        inputs = ModelInputs(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                             arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
-                             batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
-                             defaults=project_defaults(), capture_features=features, layer=layer)
-        outputs, ckpt = inputs.outputs(checkpoint)
-        if outputs.labels is None:
-            raise InputError(f"'{inputs.data_path or checkpoint}' holds no labels; selective risk needs them")
-        t, temperature_fit = resolve_temperature(temperature_value, outputs)
-        gaussians, train_meta = None, None
-        if features:
-            gaussians, train_meta = fit_train_gaussians(train, checkpoint=ckpt, inputs=inputs, shrinkage=shrink)
-        reports = tuple(
-            selective_report(outputs.logits, outputs.labels, score=name, temperature=t,
-                             features=outputs.features, gaussians=gaussians, coverages=coverages,
-                             target_risk=target_risk)
-            for name in names
-        )
-        test_path = inputs.data_path if inputs.data_path is not None else (
-            checkpoint if isinstance(ckpt, LogitsCheckpoint) else None)
-        result = selective_view.SelectiveResult(
-            name=display_names([checkpoint])[0], path=checkpoint, format=ckpt.format,
-            data={"test": None if test_path is None else str(test_path), "train": str(train) if features else None},
-            reports=reports,
-            inference={"test": outputs.meta, **({"train": train_meta} if features else {})},
-            temperature_fit=temperature_fit,
-        )
+        settings = SelectiveSettings(scores=score, coverages=parse_floats(coverage, "coverage"),
+                                     target_risk=target_risk, temperature=parse_temperature(temperature),
+                                     shrinkage=parse_shrinkage(shrinkage))
+        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
+                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
+                                       defaults=project_defaults(), layer=layer)
+        result = run_selective(session, checkpoint, settings, train=train, name=display_names([checkpoint])[0])
         doc = selective_view.document(result)
         written = selective_view.write_outputs(out, result, doc) if out is not None else None
         if json_:

@@ -83,12 +83,14 @@ __all__ = [
     "top_hessian_eigenvalues",
 ]
 
-DEFAULT_TOP = 5
-DEFAULT_TOL = 1e-4
-DEFAULT_EXAMPLES = 4096
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_MAX_HVP = 200
-DEFAULT_TRACE_SAMPLES = 20
+from calibscope.diagnostics.defaults import (  # noqa: E402 - the defaults, torch-free for --help
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXAMPLES,
+    DEFAULT_MAX_HVP,
+    DEFAULT_TOL,
+    DEFAULT_TOP,
+    DEFAULT_TRACE_SAMPLES,
+)
 
 BnMode = Literal["eval", "train"]
 HvpMethod = Literal["auto", "double-backward", "double-backward+math-attention", "forward-over-reverse"]

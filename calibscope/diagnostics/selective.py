@@ -53,7 +53,8 @@ __all__ = [
     "selective_report",
 ]
 
-DEFAULT_COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
+from calibscope.diagnostics.defaults import DEFAULT_COVERAGES  # noqa: E402 - torch-free, for --help
+
 _F64 = torch.float64
 
 

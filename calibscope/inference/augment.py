@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 
 from calibscope.errors import InputError
 from calibscope.inference import distributed
-from calibscope.inference.engine import InferenceOptions, run_inference
+from calibscope.inference.engine import InferenceOptions, run_inference, with_checkpoint_normalisation
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -394,11 +394,3 @@ def augmented_logits(
                  "repetitions": r_count, "rows": rows, "seconds": seconds,
                  "examples_per_second": rows / seconds if seconds > 0 else None})
     return AugmentedLogits(logits=logits, augmentation=augmentation, seed=int(seed), meta=meta, clean_logits=clean)
-
-
-def with_checkpoint_normalisation(options: InferenceOptions, metadata: dict[str, Any]) -> InferenceOptions:
-    """``options`` with ``mean``/``std`` from a checkpoint's metadata when the options give none (the rule of
-    :func:`calibscope.inference.pipeline.compute_outputs`)."""
-    if options.mean is None and metadata.get("mean") is not None and metadata.get("std") is not None:
-        return replace(options, mean=tuple(map(float, metadata["mean"])), std=tuple(map(float, metadata["std"])))
-    return options

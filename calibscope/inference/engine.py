@@ -46,6 +46,16 @@ class InferenceOptions:
     output: str | int | None = None  # --output: which of a non-tensor output holds the logits
 
 
+def with_checkpoint_normalisation(options: InferenceOptions, metadata: dict) -> InferenceOptions:
+    """``options`` with ``mean``/``std`` from a checkpoint's metadata when the options give none: the one
+    normalisation rule (``--mean``/``--std`` win; else the checkpoint's ``mean``/``std``; else none)."""
+    from dataclasses import replace
+
+    if options.mean is None and metadata.get("mean") is not None and metadata.get("std") is not None:
+        return replace(options, mean=tuple(map(float, metadata["mean"])), std=tuple(map(float, metadata["std"])))
+    return options
+
+
 def _validate_options(options: InferenceOptions) -> None:
     if not isinstance(options.batch_size, int) or options.batch_size < 1:
         raise InputError(f"Expected argument `batch_size` to be an integer larger than 0, but got "

@@ -19,7 +19,12 @@ import torch
 from calibscope.errors import InputError
 from calibscope.inference import cache as _cache
 from calibscope.inference import distributed
-from calibscope.inference.engine import InferenceOptions, run_inference, run_inference_sharded
+from calibscope.inference.engine import (
+    InferenceOptions,
+    run_inference,
+    run_inference_sharded,
+    with_checkpoint_normalisation,
+)
 from calibscope.inference.outputs import Outputs
 from calibscope.inference.validate import validate_outputs
 
@@ -46,9 +51,7 @@ def compute_outputs(
         if dataset is None:
             raise InputError(f"{source} is a model: pass the data to run it on with --data FILE")
         check_input_size(checkpoint, dataset)
-        if options.mean is None and checkpoint.metadata.get("mean") is not None:
-            meta = checkpoint.metadata
-            options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))
+        options = with_checkpoint_normalisation(options, checkpoint.metadata)
         key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
                                options=asdict(replace(options, device=_device_kind(options.device))))
         group = distributed.current()
@@ -196,13 +199,10 @@ def output_shard(
         raise InputError(f"'{dataset.source}' has inputs but no labels: calibration compares predictions with "
                          "labels; store them beside the inputs (y / labels / targets)")
     if group is None:
-        outputs = compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress)
-        return OutputShard(outputs.num_examples, outputs.num_classes, 0, outputs.num_examples, outputs.labels,
-                           outputs.meta, lambda a, b: outputs.logits[a:b], source, claimed)
+        return as_shard(compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress),
+                        checkpoint)
     check_input_size(checkpoint, dataset)
-    if options.mean is None and checkpoint.metadata.get("mean") is not None:
-        meta = checkpoint.metadata
-        options = replace(options, mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])))
+    options = with_checkpoint_normalisation(options, checkpoint.metadata)
     key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
                            options=asdict(replace(options, device=_device_kind(options.device))))
     n = len(dataset)
@@ -237,6 +237,13 @@ def no_labels_message(path) -> str:
     return (f"'{path}' holds logits but no labels: pass them with --labels FILE (class indices or one-hot rows, "
             "e.g. np.save('labels.npy', y)), save them in the file as 'labels', or pass --data with a labelled "
             "dataset in the same order")
+
+
+def as_shard(outputs: Outputs, checkpoint: Checkpoint) -> OutputShard:
+    """All rows of one process's ``outputs`` of ``checkpoint`` as an :class:`OutputShard`."""
+    return OutputShard(outputs.num_examples, outputs.num_classes, 0, outputs.num_examples, outputs.labels,
+                       outputs.meta, lambda a, b: outputs.logits[a:b], f"'{checkpoint.path}'",
+                       checkpoint.metadata.get("num_classes"))
 
 
 def _logits_file_labels(path, n: int, labels, dataset) -> torch.Tensor:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from calibscope.render.ece_view import GateCheck as Check
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -89,19 +91,6 @@ class Section:
     @property
     def title(self) -> str:
         return SECTIONS.get(self.key, self.key)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One threshold applied to one model (``check``: ``"max_ece"`` or ``"max_lambda1"``)."""
-
-    model: str
-    check: str
-    metric: str
-    value: float | None
-    threshold: float
-    passed: bool
-    message: str
 
 
 @dataclass(frozen=True)
@@ -471,7 +460,8 @@ def document(report: Report) -> dict[str, Any]:
         "settings": report.settings,
         "summary": {"columns": list(header[1:]), "rows": _rows_json(header, rows)},
         "verdict": {"thresholds": report.thresholds, "passed": report.passed,
-                    "checks": [to_jsonable(c) for c in report.checks]},
+                    "checks": [{"model": c.checkpoint, **{k: v for k, v in to_jsonable(c).items()
+                                                           if k != "checkpoint"}} for c in report.checks]},
         "sections": [{"key": s.key, "title": s.title, "status": s.status, "note": s.note, "notes": list(s.notes),
                       "document": s.document if s.status == "ok" else None} for s in report.sections],
         "provenance": report.provenance,

@@ -346,7 +346,7 @@ def _calibration(section: Section, report: Report, embed: FigureEmbedder) -> str
     for n in names:
         out.append(_bins_details(by[n]))
     for r in results:
-        for w in r.warnings:
+        for w in (*r.warnings, *r.notes):
             out.append(note_html(f"{r.name}: {w}"))
     return "\n".join(out)
 

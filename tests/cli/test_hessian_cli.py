@@ -88,7 +88,7 @@ def test_table_repeats_and_files(app, tmp_path):
     (["--top", "2000000"], "larger than the number of chosen parameters"),
     (["--bn", "batch"], "--bn"),
     (["--params", "no_such_layer"], "matches no parameter"),
-    (["--tol", "0"], "`tol`"),
+    (["--tol", "0"], "--tol"),
 ])
 def test_bad_input_exits_2_with_one_line(app, args, message):
     result = _run(app, str(SAMPLES / "digits_hard.pt2"), "--data", TRAIN, *args)

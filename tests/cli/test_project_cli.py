@@ -130,7 +130,7 @@ class ConvHead(nn.Module):
         ("class without examples", "class 9 has no examples"),
         ("negative per-class", "--per-class"),
         ("torchscript", "TorchScript"),
-        ("logits file", "holds logits only"),
+        ("logits file", "holds precomputed logits"),
         ("no final linear", "no nn.Linear with out_features=10"),
         ("no data", "no dataset"),
     ],

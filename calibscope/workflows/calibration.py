@@ -1,0 +1,106 @@
+"""Calibration of one checkpoint: ECE and its family (Guo et al. 2017), as ``calibscope ece`` and the report's
+calibration section compute it.
+
+Example::
+
+    >>> from calibscope import Session, run_calibration, CalibrationSettings
+    >>> r = run_calibration(Session("sample_checkpoints/digits_test.npz"),
+    ...                     "sample_checkpoints/digits_hard.pt2", CalibrationSettings())  # doctest: +SKIP
+    >>> round(r.value, 4)  # doctest: +SKIP
+    0.0571
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from calibscope.diagnostics.defaults import DEFAULT_BINS
+from calibscope.errors import ArgumentError
+from calibscope.workflows.temperature import FixedTemperature
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calibscope.render.ece_view import EceResult
+    from calibscope.workflows.gate import Baseline
+    from calibscope.workflows.session import Session
+
+DEFAULT_NORM = "l1"
+MIN_BOOTSTRAP = 200  # fewer resamples give no usable 95 % interval
+NORMS = ("l1", "l2", "max")
+HEADLINE = {"l1": "ece", "l2": "ece_l2", "max": "mce"}  # the metric that `ece` and the gates mean, per norm
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """``n_bins`` equal-width bins; ``norm`` picks the headline ECE (l1, l2 or max = MCE); ``bootstrap``
+    resamples for 95 % intervals (0 = none, else ≥ 200) with ``seed``; ``temperature``: divide the logits by
+    this fixed T first."""
+
+    n_bins: int = DEFAULT_BINS
+    norm: str = DEFAULT_NORM
+    bootstrap: int = 0
+    seed: int = 0
+    temperature: FixedTemperature | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or self.n_bins < 1:
+            raise ArgumentError("n_bins", f"`n_bins` must be a positive integer, got {self.n_bins}")
+        if self.norm not in NORMS:
+            raise ArgumentError("norm", f"`norm` must be one of l1, l2, max, got '{self.norm}'")
+        if self.bootstrap != 0 and self.bootstrap < MIN_BOOTSTRAP:
+            raise ArgumentError("bootstrap", f"`bootstrap` needs at least {MIN_BOOTSTRAP} resamples for a 95 % "
+                                f"interval, got {self.bootstrap} (0 turns it off)")
+        if self.seed < 0:
+            raise ArgumentError("seed", f"`seed` must be 0 or more, got {self.seed}")
+
+    @property
+    def headline(self) -> str:
+        return HEADLINE[self.norm]
+
+
+def run_calibration(session: Session, checkpoint: Path | str, settings: CalibrationSettings | None = None, *,
+                    name: str | None = None, baseline: Baseline | None = None, n_results: int = 1) -> EceResult:
+    """The ECE family, NLL, Brier and accuracy of ``checkpoint`` on the session's data.
+
+    Without bootstrap the sufficient statistics are streamed chunk by chunk (and summed over ``torchrun``
+    ranks): the logits are never all in one place. ``baseline``: compare with an earlier run (fills
+    ``result.baseline``; ``n_results`` is the number of checkpoints of the run, for name matching).
+    """
+    from calibscope.diagnostics.calibration import calibration_metrics, streamed_calibration_metrics
+    from calibscope.diagnostics.temperature import apply_temperature
+    from calibscope.inference import distributed
+    from calibscope.render.ece_view import EceResult
+
+    s = settings or CalibrationSettings()
+    path = Path(checkpoint)
+    fixed_t = s.temperature
+    if s.bootstrap:  # resampling needs every example in one place (gathered on every rank under torchrun)
+        outputs, ckpt = session.outputs(path)
+        meta, logits = outputs.meta, outputs.logits
+        if fixed_t is not None:
+            logits = apply_temperature(logits, fixed_t.value)
+        metrics = calibration_metrics(logits, outputs.labels, n_bins=s.n_bins, bootstrap=s.bootstrap, seed=s.seed)
+    else:
+        group = distributed.current()
+        shard, ckpt = session.output_shard(path)
+        meta = shard.meta
+        chunks = shard.chunks() if fixed_t is None else (
+            (apply_temperature(z, fixed_t.value), y) for z, y in shard.chunks())
+        metrics = streamed_calibration_metrics(
+            chunks, num_classes=shard.num_classes, n_bins=s.n_bins, num_examples=len(shard),
+            reduce=None if group is None else group.all_reduce_sum,
+            gather=None if group is None else group.all_gather_rows)
+    warnings: list[str] = []
+    temperature_info = None
+    if fixed_t is not None:
+        temperature_info = fixed_t.describe()
+        warnings += fixed_t.warnings_for(meta)
+        for m in metrics.metrics.values():
+            m.definition["logits"] = f"divided by the temperature T = {fixed_t.value!r} before the softmax"
+    result = EceResult(name or path.name, path, ckpt.format, metrics.report, meta, metrics=metrics,
+                       headline=s.headline, temperature=temperature_info, warnings=tuple(warnings),
+                       notes=metrics.warnings)
+    if baseline is not None:
+        result = baseline.compare(result, n_results=n_results)
+    return result

@@ -1,0 +1,82 @@
+"""Selective classification of one checkpoint (``calibscope selective`` and the report's section): risk–coverage,
+AURC and E-AURC (Geifman et al. 2019) of each confidence score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from calibscope.diagnostics.defaults import DEFAULT_COVERAGES
+from calibscope.errors import ArgumentError
+from calibscope.workflows.ood import (
+    DEFAULT_SHRINKAGE,
+    DEFAULT_TEMPERATURE,
+    Shrinkage,
+    Temperature,
+    check_shrinkage,
+    check_temperature,
+    fit_train_gaussians,
+    resolve_temperature,
+    wants_features,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calibscope.render.selective_view import SelectiveResult
+    from calibscope.workflows.session import Session
+
+DEFAULT_SCORES = ("msp",)
+
+
+@dataclass(frozen=True)
+class SelectiveSettings:
+    """``scores``: confidence scores, drawn side by side; ``coverages``: where the accuracy of the kept examples
+    is reported; ``target_risk``: report the largest coverage whose error rate is at most this; ``temperature``
+    and ``shrinkage`` as in :class:`~calibscope.workflows.ood.OodSettings`."""
+
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    coverages: tuple[float, ...] = DEFAULT_COVERAGES
+    target_risk: float | None = None
+    temperature: Temperature = DEFAULT_TEMPERATURE
+    shrinkage: Shrinkage = DEFAULT_SHRINKAGE
+
+    def __post_init__(self) -> None:
+        from calibscope.diagnostics.ood import parse_scores
+
+        object.__setattr__(self, "scores", parse_scores(self.scores))
+        object.__setattr__(self, "coverages", tuple(float(c) for c in self.coverages))
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        object.__setattr__(self, "shrinkage", check_shrinkage(self.shrinkage))
+
+
+def run_selective(session: Session, checkpoint: Path | str, settings: SelectiveSettings | None = None, *,
+                  train: Path | str | None = None, name: str | None = None) -> SelectiveResult:
+    """Risk–coverage of ``checkpoint`` on the session's labelled data for each score; ``train``: training data
+    for the Mahalanobis score."""
+    from calibscope.diagnostics.selective import selective_report
+    from calibscope.loading.types import LogitsCheckpoint
+    from calibscope.render.selective_view import SelectiveResult
+
+    s = settings or SelectiveSettings()
+    path = Path(checkpoint)
+    features = wants_features(s.scores, train)
+    if features:
+        session = session.with_options(capture_features=True)
+    outputs, ckpt = session.outputs(path)
+    if outputs.labels is None:
+        raise ArgumentError("data", f"'{session.source(path)}' holds no labels; selective risk needs them")
+    t, temperature_fit = resolve_temperature(s.temperature, outputs)
+    gaussians, train_meta = None, None
+    if features:
+        gaussians, train_meta = fit_train_gaussians(session, Path(train), checkpoint=ckpt, shrinkage=s.shrinkage)
+    reports = tuple(
+        selective_report(outputs.logits, outputs.labels, score=score, temperature=t, features=outputs.features,
+                         gaussians=gaussians, coverages=s.coverages, target_risk=s.target_risk)
+        for score in s.scores)
+    test_path = session.data_path if session.data_path is not None else (
+        path if isinstance(ckpt, LogitsCheckpoint) else None)
+    return SelectiveResult(
+        name=name or path.name, path=path, format=ckpt.format,
+        data={"test": None if test_path is None else str(test_path), "train": str(train) if features else None},
+        reports=reports, inference={"test": outputs.meta, **({"train": train_meta} if features else {})},
+        temperature_fit=temperature_fit)

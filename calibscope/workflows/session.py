@@ -1,0 +1,293 @@
+"""The :class:`Session`: one dataset, the checkpoints run on it, the output cache and the normalisation rule.
+
+A session is what every ``run_*`` workflow takes: it loads the dataset once and each checkpoint once (shared
+with the sessions :meth:`Session.for_data` derives for other data sets — validation, training, OOD), and
+turns them into validated :class:`~calibscope.inference.outputs.Outputs` through the on-disk output cache,
+keeping each result in memory for the rest of the session. Nothing here prints.
+
+Example (a shipped sample model)::
+
+    >>> from calibscope import Session
+    >>> s = Session("sample_checkpoints/digits_test.npz")
+    >>> outputs, ckpt = s.outputs("sample_checkpoints/digits_hard.safetensors")  # doctest: +SKIP
+    >>> outputs.logits.shape  # doctest: +SKIP
+    torch.Size([360, 10])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from calibscope.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calibscope.inference.engine import InferenceOptions
+    from calibscope.inference.outputs import Outputs
+    from calibscope.inference.pipeline import OutputShard
+    from calibscope.loading.types import Checkpoint, Dataset
+
+STREAM_MIN_BYTES_ENV = "CALIBSCOPE_STREAM_MIN_BYTES"
+STREAM_MIN_BYTES = 256 << 20  # logits files at least this big are read by rows, not into memory
+
+
+class NoDataError(InputError):
+    """A model must run but the session has no dataset (``argument`` names what is missing: ``data``)."""
+
+    argument = "data"
+
+
+class Session:
+    """Datasets, checkpoints and the output cache of one piece of work.
+
+    Args:
+        data: the dataset (any format :func:`~calibscope.loading.dataset.load_dataset` reads), or None when
+            only logits files that carry their labels are evaluated.
+        split, label_column, limit: passed to :func:`~calibscope.loading.dataset.load_dataset`; ``limit`` also
+            cuts the rows of logits files.
+        arch, arch_kwargs, trust: passed to :func:`~calibscope.loading.checkpoint.load_checkpoint`.
+        device, precision, batch_size, mean, std, capture_features, layer: the
+            :class:`~calibscope.inference.engine.InferenceOptions`; ``mean``/``std`` None means "from the
+            checkpoint's metadata" (:meth:`options_for`).
+        use_cache: read and write the output cache (``$CALIBSCOPE_CACHE_DIR`` or ``.calibscope/cache``).
+    """
+
+    def __init__(self, data: Path | str | None = None, *, split: str | None = None,
+                 label_column: str | None = None, limit: int | None = None, arch: str | None = None,
+                 arch_kwargs: dict[str, Any] | None = None, trust: bool = False, device: str = "auto",
+                 precision: str = "fp32", batch_size: int | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
+                 _shared: dict[str, dict] | None = None):
+        self.data_path = None if data is None else Path(data)
+        self.split, self.label_column, self.limit = split, label_column, limit
+        self.arch, self.arch_kwargs, self.trust = arch, arch_kwargs, trust
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.use_cache, self.capture_features, self.layer = use_cache, capture_features, layer
+        # loaded checkpoints and computed outputs, shared by every session derived from this one
+        self._shared = _shared if _shared is not None else {"checkpoints": {}, "outputs": {}, "datasets": {}}
+
+    # ------------------------------------------------------------------------------------------ derived
+
+    def _replace(self, **changes: Any) -> Session:
+        fields = dict(data=self.data_path, split=self.split, label_column=self.label_column, limit=self.limit,
+                      arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust, device=self.device,
+                      precision=self.precision, batch_size=self.batch_size, mean=self.mean, std=self.std,
+                      use_cache=self.use_cache, capture_features=self.capture_features, layer=self.layer)
+        fields.update(changes)
+        return Session(**fields, _shared=self._shared)
+
+    def with_options(self, **changes: Any) -> Session:
+        """The same data with some constructor arguments changed (e.g. ``capture_features=True``)."""
+        return self._replace(**changes)
+
+    def for_data(self, data: Path | str | None, *, split: str | None = None, prefer_split: str | None = None,
+                 label_column: str | None = None, **changes: Any) -> Session:
+        """A session for another dataset (validation, training, OOD) with the same model options, sharing the
+        loaded checkpoints. ``prefer_split`` is taken where the source holds several splits, else the source's
+        only one; ``label_column`` is kept only for CSV sources unless given."""
+        if label_column is None and data is not None:
+            label_column = self.label_column if _is_text(Path(data)) else None
+        if prefer_split is None or data is None:
+            return self._replace(data=data, split=split, label_column=label_column, **changes)
+        other = self._replace(data=data, split=prefer_split, label_column=label_column, **changes)
+        try:
+            other.dataset  # noqa: B018 - learn now whether the split exists
+            return other
+        except InputError:
+            return self._replace(data=data, split=split, label_column=label_column, **changes)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    @property
+    def options(self) -> InferenceOptions:
+        """The inference options, before the checkpoint's normalisation is applied (see :meth:`options_for`)."""
+        from calibscope.inference.engine import DEFAULT_BATCH_SIZE, InferenceOptions
+
+        return InferenceOptions(device=self.device, precision=self.precision,
+                                batch_size=self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE,
+                                mean=self.mean, std=self.std, capture_features=self.capture_features,
+                                layer=self.layer)
+
+    def options_for(self, checkpoint: Checkpoint) -> InferenceOptions:
+        """:attr:`options` with ``mean``/``std`` from the checkpoint's metadata when the session sets none —
+        the one normalisation rule of every command."""
+        from calibscope.inference.engine import with_checkpoint_normalisation
+
+        return with_checkpoint_normalisation(self.options, getattr(checkpoint, "metadata", {}) or {})
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The dataset (loaded on first use), or None when the session has none."""
+        if self.data_path is None:
+            return None
+        key = (str(self.data_path), self.split, self.label_column, self.limit)
+        datasets = self._shared["datasets"]
+        if key not in datasets:
+            from calibscope.loading.dataset import load_dataset
+
+            datasets[key] = load_dataset(self.data_path, limit=self.limit, split=self.split,
+                                         label_column=self.label_column)
+        return datasets[key]
+
+    def require_dataset(self, why: str = "") -> Dataset:
+        """The dataset, or :class:`NoDataError` saying ``why`` it is needed."""
+        if self.data_path is None:
+            raise NoDataError("no dataset given" + (f": {why}" if why else ""))
+        return self.dataset
+
+    def checkpoint(self, path: Path | str, *, keep: bool = True) -> Checkpoint:
+        """The checkpoint at ``path``, loaded once per session family (``keep=False``: not kept for later)."""
+        key = str(Path(path))
+        checkpoints = self._shared["checkpoints"]
+        if key in checkpoints:
+            return checkpoints[key]
+        from calibscope.loading.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path, arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust)
+        if keep:
+            checkpoints[key] = checkpoint
+        return checkpoint
+
+    def model(self, path: Path | str, *, why: str, keep: bool = True) -> Checkpoint:
+        """The checkpoint at ``path``, refused (InputError saying ``why``) when it is a logits file."""
+        from calibscope.loading.types import LogitsCheckpoint
+
+        checkpoint = self.checkpoint(path, keep=keep)
+        if isinstance(checkpoint, LogitsCheckpoint):
+            raise InputError(f"'{path}' holds precomputed logits, not a model: {why}")
+        return checkpoint
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def outputs(self, checkpoint_path: Path | str) -> tuple[Outputs, Checkpoint]:
+        """(Outputs, checkpoint) for one checkpoint on the dataset (logits files need none when they carry
+        their labels)."""
+        checkpoint = self.checkpoint(checkpoint_path)
+        return self.run(checkpoint), checkpoint
+
+    def run(self, checkpoint: Checkpoint) -> Outputs:
+        """The outputs of an already loaded checkpoint on this session's dataset (computed once)."""
+        from calibscope.inference.pipeline import compute_outputs
+        from calibscope.loading.types import LogitsCheckpoint
+
+        is_logits = isinstance(checkpoint, LogitsCheckpoint)
+        needs_data = not (is_logits and checkpoint.labels is not None)
+        if needs_data and self.data_path is None:
+            raise _no_data(checkpoint.path)
+        key = (str(checkpoint.path), checkpoint.sha256, str(self.data_path), self.split, self.label_column, self.limit,
+               dataclasses.astuple(self.options), self.use_cache)
+        memo = self._shared["outputs"]
+        if key not in memo:
+            dataset = self.dataset if (needs_data or self.data_path is not None) else None
+            if is_logits and self.limit is not None:
+                checkpoint = _limited(checkpoint, self.limit)
+            memo[key] = compute_outputs(checkpoint, dataset, self.options, use_cache=self.use_cache)
+        return memo[key]
+
+    def shard_of(self, checkpoint: Checkpoint) -> OutputShard:
+        """This process's rows of an already loaded checkpoint's outputs on the session's data (all rows, from
+        :meth:`run`, for one process; the rank's shard under ``torchrun``)."""
+        from calibscope.inference import distributed
+        from calibscope.inference.pipeline import as_shard, output_shard
+
+        dataset = self.dataset
+        if dataset is not None and dataset.labels is None:  # before running the model: the result would be unusable
+            raise InputError(f"'{dataset.source}' has inputs but no labels: calibration compares predictions with "
+                             "labels; store them beside the inputs (y / labels / targets)")
+        if distributed.current() is None:
+            return as_shard(self.run(checkpoint), checkpoint)
+        return output_shard(checkpoint, self.dataset, self.options, use_cache=self.use_cache)
+
+    def output_shard(self, checkpoint_path: Path | str) -> tuple[OutputShard, Checkpoint]:
+        """(OutputShard, checkpoint): this process's rows of the outputs (all rows for one process).
+
+        A logits file whose logits are big (≥ ``$CALIBSCOPE_STREAM_MIN_BYTES``, default 256 MiB), or any size
+        under ``torchrun``, is read by rows from disk when its format allows (``.npy``, ``numpy.savez``
+        ``.npz``, safetensors), so memory stays bounded whatever the file's size.
+        """
+        from calibscope.inference import distributed
+        from calibscope.inference.pipeline import output_shard
+        from calibscope.loading.checkpoint import open_logits_rows
+        from calibscope.loading.types import LogitsCheckpoint, LogitsRows
+
+        threshold = 0 if distributed.current() is not None else _stream_min_bytes()
+        checkpoint = open_logits_rows(checkpoint_path, min_bytes=threshold)
+        if checkpoint is None:
+            checkpoint = self.checkpoint(checkpoint_path)
+            if not isinstance(checkpoint, LogitsCheckpoint):
+                return self.shard_of(checkpoint), checkpoint
+        has_labels = isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)) and checkpoint.labels is not None
+        if not has_labels and self.data_path is None:
+            raise _no_data(checkpoint_path)
+        dataset = self.dataset if (not has_labels or self.data_path is not None) else None
+        if self.limit is not None:
+            if isinstance(checkpoint, LogitsRows):
+                checkpoint = dataclasses.replace(checkpoint, limit=self.limit)
+            elif isinstance(checkpoint, LogitsCheckpoint):
+                checkpoint = _limited(checkpoint, self.limit)
+        return output_shard(checkpoint, dataset, self.options, use_cache=self.use_cache), checkpoint
+
+    def source(self, checkpoint_path: Path | str) -> str:
+        """What the examples are: the dataset path, or the logits file itself."""
+        return str(self.data_path) if self.data_path is not None else str(checkpoint_path)
+
+    def dataset_info(self) -> dict[str, Any] | None:
+        """``{"path", "sha256", "n", "format", "split"}`` of the dataset, or None."""
+        if self.data_path is None:
+            return None
+        d = self.dataset
+        return {"path": str(self.data_path), "sha256": d.sha256, "n": len(d), "format": d.format,
+                "split": d.metadata.get("split")}
+
+
+def _no_data(checkpoint: Path | str) -> NoDataError:
+    return NoDataError(f"no dataset for '{checkpoint}': pass the data to run it on (data=...), or set "
+                       "data = \"path\" under [tool.calibscope] in pyproject.toml or in calibscope.toml")
+
+
+def _limited(checkpoint, limit: int):
+    return dataclasses.replace(checkpoint, logits=checkpoint.logits[:limit],
+                               labels=None if checkpoint.labels is None else checkpoint.labels[:limit])
+
+
+def _is_text(path: Path) -> bool:
+    from calibscope.loading.files import sniff
+
+    return path.exists() and sniff(path) == "text"
+
+
+def _stream_min_bytes() -> int:
+    text = os.environ.get(STREAM_MIN_BYTES_ENV, "").strip()
+    try:
+        return int(text) if text else STREAM_MIN_BYTES
+    except ValueError:
+        raise InputError(f"{STREAM_MIN_BYTES_ENV} must be a number of bytes, got '{text}'") from None
+
+
+def project_defaults(folder: Path | str):
+    """The project defaults of ``folder`` (``calibscope.toml`` or ``[tool.calibscope]`` in ``pyproject.toml``),
+    or None."""
+    from calibscope.loading.config import find_defaults
+
+    return find_defaults(Path(folder))
+
+
+def display_names(paths: Sequence[Path | str]) -> list[str]:
+    """Short unique names for checkpoints: the file name, with parents added only where needed.
+
+    >>> display_names(["a/model.pt2", "b/other.pt2"])
+    ['model.pt2', 'other.pt2']
+    >>> display_names(["a/model.pt2", "b/model.pt2"])
+    ['a/model.pt2', 'b/model.pt2']
+    """
+    paths = [Path(p) for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]
