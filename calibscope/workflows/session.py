@@ -48,7 +48,7 @@ class Session:
             only logits files that carry their labels are evaluated.
         split, label_column, limit: passed to :func:`~calibscope.loading.dataset.load_dataset`; ``limit`` also
             cuts the rows of logits files.
-        arch, arch_kwargs, trust: passed to :func:`~calibscope.loading.checkpoint.load_checkpoint`.
+        arch, arch_kwargs, trust, prefix: passed to :func:`~calibscope.loading.checkpoint.load_checkpoint`.
         device, precision, batch_size, mean, std, capture_features, layer: the
             :class:`~calibscope.inference.engine.InferenceOptions`; ``mean``/``std`` None means "from the
             checkpoint's metadata" (:meth:`options_for`).
@@ -57,14 +57,15 @@ class Session:
 
     def __init__(self, data: Path | str | None = None, *, split: str | None = None,
                  label_column: str | None = None, limit: int | None = None, arch: str | None = None,
-                 arch_kwargs: dict[str, Any] | None = None, trust: bool = False, device: str = "auto",
+                 arch_kwargs: dict[str, Any] | None = None, trust: bool = False, prefix: str | None = None,
+                 device: str = "auto",
                  precision: str = "fp32", batch_size: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
                  _shared: dict[str, dict] | None = None):
         self.data_path = None if data is None else Path(data)
         self.split, self.label_column, self.limit = split, label_column, limit
-        self.arch, self.arch_kwargs, self.trust = arch, arch_kwargs, trust
+        self.arch, self.arch_kwargs, self.trust, self.prefix = arch, arch_kwargs, trust, prefix
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
@@ -76,7 +77,8 @@ class Session:
 
     def _replace(self, **changes: Any) -> Session:
         fields = dict(data=self.data_path, split=self.split, label_column=self.label_column, limit=self.limit,
-                      arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust, device=self.device,
+                      arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust, prefix=self.prefix,
+                      device=self.device,
                       precision=self.precision, batch_size=self.batch_size, mean=self.mean, std=self.std,
                       use_cache=self.use_cache, capture_features=self.capture_features, layer=self.layer)
         fields.update(changes)
@@ -149,7 +151,8 @@ class Session:
             return checkpoints[key]
         from calibscope.loading.checkpoint import load_checkpoint
 
-        checkpoint = load_checkpoint(path, arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust)
+        checkpoint = load_checkpoint(path, arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust,
+                                     prefix=self.prefix)
         if keep:
             checkpoints[key] = checkpoint
         return checkpoint
