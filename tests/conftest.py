@@ -11,6 +11,11 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own output cache, never the user's ./.calibscope."""
     monkeypatch.setenv("CALIBSCOPE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    import sys
+
+    common = sys.modules.get("calibscope.cli._common")
+    if common is not None:  # an earlier `--debug` run must not leak into commands invoked without the root app
+        monkeypatch.setitem(common.STATE, "debug", False)
 
 
 @pytest.fixture(scope="session")
