@@ -133,6 +133,12 @@ def load_checkpoint(
 
 
 def _load_export(p: Path, *, trust: bool) -> ModelCheckpoint:
+    from calibscope.loading.aoti import is_aoti_package, load_aoti
+
+    if is_aoti_package(p):  # compiled native code: named as such, loaded only with --trust
+        with zipfile.ZipFile(p) as zf:
+            pt2_safety.check_archive_structure(p, zf)
+        return load_aoti(p, trust=trust)
     if trust:
         with zipfile.ZipFile(p) as zf:
             pt2_safety.check_archive_structure(p, zf)
