@@ -61,6 +61,7 @@ _LAZY = {
     "LossLine": "calibscope.diagnostics.landscape",
     "loss_surface": "calibscope.diagnostics.landscape",
     "loss_along_line": "calibscope.diagnostics.landscape",
+    "hutchplusplus_trace": "calibscope.diagnostics.trace",
 }
 
 __all__ = sorted(_LAZY)
