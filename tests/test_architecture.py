@@ -60,3 +60,42 @@ def test_cli_reaches_the_library_through_workflows_and_no_command_imports_anothe
         if bad:
             offences[p.name] = bad
     assert not offences, offences
+
+
+def test_render_has_no_import_cycle():
+    """One direction inside render/: e.g. report_model, html ← report_sections ← report_html (lazy imports
+    count: a cycle through a function-level import is still a cycle)."""
+    modules = {p.stem: p for p in (PACKAGE / "render").glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for m in _modules(path):
+            if m.startswith("calibscope.render."):
+                targets.add(m.split(".")[2])
+        for node in ast.walk(ast.parse(path.read_text())):  # `from calibscope.render import x as y`
+            if isinstance(node, ast.ImportFrom) and node.module == "calibscope.render":
+                targets |= {a.name for a in node.names if a.name in modules}
+        graph[name] = targets - {name}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, cycles
+
+
+def test_results_import_nothing_at_run_time():
+    """calibscope/results.py is read by both workflows and render: only type-checking imports of calibscope."""
+    tree = ast.parse((PACKAGE / "results.py").read_text())
+    runtime = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+               and any((getattr(n, "module", None) or a.name).startswith("calibscope") for a in n.names)]
+    assert not runtime

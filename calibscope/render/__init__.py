@@ -1,4 +1,4 @@
-"""Renderers: text tables, versioned JSON, matplotlib figures, atomic file output.
+"""Renderers: terminal tables, versioned JSON, matplotlib figures, the HTML report, atomic file output.
 
 They read result dataclasses and never compute metrics. Importing this package is cheap: rich and
 matplotlib are imported inside the functions that draw.
@@ -9,18 +9,13 @@ from __future__ import annotations
 from calibscope.render.atomic import atomic_output, atomic_write_bytes, atomic_write_text
 from calibscope.render.figures import reliability_diagram, save_figure
 from calibscope.render.json_doc import dumps, json_document, report_to_dict, to_jsonable
-from calibscope.render.table import bins_table, calibration_table, comparison_table, print_tables
 
 __all__ = [
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_text",
-    "bins_table",
-    "calibration_table",
-    "comparison_table",
     "dumps",
     "json_document",
-    "print_tables",
     "reliability_diagram",
     "report_to_dict",
     "save_figure",

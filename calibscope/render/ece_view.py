@@ -9,85 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calibscope.results import EceResult, Gate, GateCheck  # noqa: F401 - re-exported (the result types)
+
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.diagnostics.calibration import CalibrationMetrics, CalibrationReport
+    pass
 
 # the metric that `ece` and the gates mean, for each --norm
 HEADLINE = {"l1": "ece", "l2": "ece_l2", "max": "mce"}
-
-
-@dataclass(frozen=True)
-class EceResult:
-    """One checkpoint's numbers. ``headline``: the metric (key of ``metrics``) that ``ece`` in the JSON and
-    the gates refer to; ``temperature``: ``{"value": T, "source": ...}`` when the logits were divided by T;
-    ``baseline``: ``{"path", "name", "value", "delta"}`` when compared with an earlier run."""
-
-    name: str  # display name of the checkpoint
-    path: Path
-    format: str  # checkpoint format (export, torchscript, safetensors, npz, ...)
-    report: CalibrationReport
-    inference: dict[str, Any]  # Outputs.meta: device, precision, batch size, hashes, cache, timings
-    metrics: CalibrationMetrics | None = None
-    headline: str = "ece"
-    temperature: dict[str, Any] | None = None
-    baseline: dict[str, Any] | None = None
-    warnings: tuple[str, ...] = ()  # about the data or the comparison: also printed on stderr
-    notes: tuple[str, ...] = ()  # about the numbers' reliability (small bins): shown with the tables
-
-    @property
-    def value(self) -> float:
-        """The headline calibration error (ECE in the chosen norm)."""
-        if self.metrics is not None:
-            return self.metrics.value(self.headline)
-        return {"ece": self.report.ece, "mce": self.report.mce}.get(self.headline, self.report.ece)
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One threshold applied to one checkpoint: ``check`` is ``"max_ece"``, ``"max_increase"`` or
-    ``"max_lambda1"``."""
-
-    checkpoint: str
-    check: str
-    metric: str
-    value: float | None
-    threshold: float
-    passed: bool
-    message: str
-
-    @property
-    def model(self) -> str:
-        return self.checkpoint
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The CI gate of one run: thresholds, the baseline file, and every check made."""
-
-    max_ece: float | None = None
-    max_increase: float | None = None
-    baseline: str | None = None
-    checks: tuple[GateCheck, ...] = field(default=())
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def failing(self) -> list[str]:
-        names: list[str] = []
-        for c in self.checks:
-            if not c.passed and c.checkpoint not in names:
-                names.append(c.checkpoint)
-        return names
-
-    @property
-    def active(self) -> bool:
-        return self.max_ece is not None or self.max_increase is not None
 
 
 def _entry(r: EceResult) -> dict[str, Any]:

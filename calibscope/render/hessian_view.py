@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import HessianResult  # noqa: F401 - re-exported (the result types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from calibscope.diagnostics.hessian import HessianRepeats, HessianSpectrum, SpectralDensity
+    from calibscope.diagnostics.hessian import HessianSpectrum, SpectralDensity
 
 __all__ = ["HessianResult", "density_figure", "document", "eigenvalue_figure", "print_json", "print_tables",
            "write_outputs"]
 
 _MISSING = "—"
-
-
-@dataclass(frozen=True)
-class HessianResult:
-    name: str  # display name of the checkpoint
-    path: Path
-    format: str  # checkpoint format (export, torchscript, safetensors, ...)
-    spectrum: HessianSpectrum  # the (first) subset
-    repeats: HessianRepeats | None = None  # all subsets, when --repeats > 1
-    meta: dict[str, Any] = field(default_factory=dict)  # hashes, dataset, normalisation
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 and the ``calibscope/mi`` JSON document (``docs/mi.md``).
 
 ``results`` is a list of :class:`MiResult` (one per checkpoint, in x-axis order) sharing one
-:class:`MiSettings`; nothing here computes an estimate. Figures use :class:`matplotlib.figure.Figure`
+:class:`MiMeasurement`; nothing here computes an estimate. Figures use :class:`matplotlib.figure.Figure`
 directly (no pyplot, no global state); matplotlib and rich are imported inside the functions.
 """
 
@@ -10,49 +10,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import MiMeasurement, MiResult  # noqa: F401 - re-exported (the result types)
+
+MiSettings = MiMeasurement  # the former name
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from calibscope.diagnostics.mutual_information import LogitGapMutualInformation
 
-__all__ = ["MiResult", "MiSettings", "document", "mi_figure", "print_json", "print_tables", "write_outputs"]
+__all__ = ["MiResult", "MiMeasurement", "document", "mi_figure", "print_json", "print_tables", "write_outputs"]
 
 ESTIMATE_LABEL = "Î(X; Y)"
 CEILING_LABEL = "log N"
 LOG2_LABEL = "log 2"
 _LINE_COLOR = "#0072B2"
 _LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class MiSettings:
-    """What every checkpoint was measured on: the class pair, the chosen examples and the augmentation."""
-
-    classes: tuple[int, int]
-    class_names: tuple[str, str]
-    examples: tuple[int, int]  # examples of class a and of class b actually used
-    requested_per_class: int
-    draws: int
-    repetitions: int
-    augmentation: str
-    seed: int
-    data: str
-    split: str | None = None
-
-
-@dataclass(frozen=True)
-class MiResult:
-    name: str  # display name of the checkpoint
-    path: Path
-    format: str
-    label: str  # x-axis label
-    x: float | None  # numeric x position (epoch, step) when every label has one, else None
-    estimate: LogitGapMutualInformation
-    inference: dict[str, Any] = field(default_factory=dict)
 
 
 def _class_text(index: int, name: str) -> str:
@@ -64,7 +39,7 @@ def _class_text(index: int, name: str) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def document(results: Sequence[MiResult], settings: MiSettings) -> dict[str, Any]:
+def document(results: Sequence[MiResult], settings: MiMeasurement) -> dict[str, Any]:
     """The ``calibscope/mi`` v1 document (``docs/mi.md``)."""
     from calibscope.render.json_doc import json_document, report_to_dict
 
@@ -115,7 +90,7 @@ def print_json(doc: dict[str, Any]) -> None:
 
 def mi_figure(
     results: Sequence[MiResult],
-    settings: MiSettings,
+    settings: MiMeasurement,
     *,
     figsize: tuple[float, float] = (4.6, 3.4),
     title: str | None = None,
@@ -175,7 +150,7 @@ def mi_figure(
 # --------------------------------------------------------------------------------------------------------
 
 
-def write_outputs(out: Path, results: Sequence[MiResult], settings: MiSettings, doc: dict[str, Any]) -> list[Path]:
+def write_outputs(out: Path, results: Sequence[MiResult], settings: MiMeasurement, doc: dict[str, Any]) -> list[Path]:
     """``out/mi.png``, ``out/mi.svg`` (Î against checkpoint) and ``out/mi.json`` (atomic writes)."""
     from calibscope.errors import InputError
     from calibscope.render.atomic import atomic_write_text
@@ -195,7 +170,7 @@ def _spread(value: float | None) -> str:
     return "—" if value is None else f"± {value:.3f}"
 
 
-def print_tables(results: Sequence[MiResult], settings: MiSettings, *, written: list[Path] | None = None) -> None:
+def print_tables(results: Sequence[MiResult], settings: MiMeasurement, *, written: list[Path] | None = None) -> None:
     """One row per checkpoint: Î in nats (± spread) and bits, Î / log N, σ²; the settings in the title."""
     from rich.console import Console
     from rich.table import Table

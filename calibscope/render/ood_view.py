@@ -11,9 +11,10 @@ header).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import OodResult  # noqa: F401 - re-exported (the result types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -40,21 +41,6 @@ SCORE_LABELS = {"msp": "Max softmax prob.", "max-logit": "Max logit", "energy": 
                 "mahalanobis": "Mahalanobis (−d²)"}
 IN_COLOR, OUT_COLOR = "#3b6fb6", "#ff7f0e"
 IN_LABEL, OUT_LABEL = "In-distribution", "OOD"
-
-
-@dataclass(frozen=True)
-class OodResult:
-    """One ``calibscope ood`` run: the checkpoint, the datasets (``data``: ``in``, ``ood``, ``train`` paths or
-    None), the :class:`OodReport`, and how each side's outputs were produced (``inference``: Outputs.meta
-    per side)."""
-
-    name: str  # display name of the checkpoint
-    path: Path
-    format: str
-    data: dict[str, str | None]
-    report: OodReport
-    inference: dict[str, dict[str, Any]]
-    temperature_fit: dict[str, Any] | None = None  # how T was fitted, when --temperature fit
 
 
 def _color(score: str) -> str:

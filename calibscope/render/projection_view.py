@@ -9,9 +9,10 @@ Figures use :class:`matplotlib.figure.Figure` directly (no pyplot, no global sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import ClassChoice, ProjectedSplit, ProjectionResult  # noqa: F401 - re-exported (the result types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -24,33 +25,6 @@ __all__ = ["ClassChoice", "ProjectedSplit", "ProjectionResult", "document", "pri
 # colour-blind-safe (Okabe–Ito) colours for classes a, b, c
 CLASS_COLORS = ("#0072B2", "#E69F00", "#009E73")
 TEMPLATE_LABEL = "template"
-
-
-@dataclass(frozen=True)
-class ClassChoice:
-    """The three classes and why: ``names`` are display names; ``picked_on`` is None when the user chose them,
-    else a description of the data the most-confused triple was found on."""
-
-    indices: tuple[int, int, int]
-    names: tuple[str, str, str]
-    picked_on: str | None = None
-
-
-@dataclass(frozen=True)
-class ProjectedSplit:
-    split: str  # "train" or "val"
-    data: Path
-    projection: PlaneProjection
-    inference: dict[str, Any] = field(default_factory=dict)  # Outputs.meta
-
-
-@dataclass(frozen=True)
-class ProjectionResult:
-    name: str  # display name of the checkpoint
-    path: Path
-    format: str
-    feature_layer: str | None
-    splits: tuple[ProjectedSplit, ...]
 
 
 def class_label(index: int, name: str | None) -> str:

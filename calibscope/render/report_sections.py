@@ -4,7 +4,7 @@ put several models on shared axes (``calibscope compare``).
 Each diagnostic body is drawn from the same view-level results its own command prints (``EceResult``,
 ``TemperatureResult``, ``SelectiveResult``, ``OodResult``, ``ProjectionResult``, ``MiResult``,
 ``HessianResult``): tables have one column per model, and every number carries its exact value (see
-:class:`~calibscope.render.report_html.Cell`). Nothing here computes a metric.
+:class:`~calibscope.render.html.Cell`). Nothing here computes a metric.
 """
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibscope.render.report_html import (
-    Cell,
-    FigureEmbedder,
-    Report,
-    Row,
-    Section,
-    esc,
-    note_html,
-    table_html,
-)
+from calibscope.render.html import Cell, FigureEmbedder, Row, esc, note_html, table_html
+from calibscope.render.report_model import Report, Section
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

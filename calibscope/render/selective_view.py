@@ -10,9 +10,10 @@ For the HTML report: :func:`summary_rows` (plain strings), :func:`summary_table`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import SelectiveResult  # noqa: F401 - re-exported (the result types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -34,21 +35,6 @@ __all__ = [
 ]
 
 OPTIMAL_LABEL = "Optimal ranking"
-
-
-@dataclass(frozen=True)
-class SelectiveResult:
-    """One ``calibscope selective`` run: checkpoint, datasets (``data``: ``test`` and ``train`` paths or None),
-    one report per confidence score, and how the outputs were produced (``inference``: Outputs.meta per
-    dataset)."""
-
-    name: str
-    path: Path
-    format: str
-    data: dict[str, str | None]
-    reports: tuple[SelectiveReport, ...]
-    inference: dict[str, dict[str, Any]]
-    temperature_fit: dict[str, Any] | None = None  # how T was fitted, when --temperature fit
 
 
 # ------------------------------------------------------------------------------------------------ JSON

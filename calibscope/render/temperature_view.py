@@ -9,15 +9,16 @@ Nothing here computes a metric: the numbers come from :mod:`calibscope.diagnosti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from calibscope.results import Evaluation, TemperatureResult  # noqa: F401 - re-exported (the result types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from calibscope.diagnostics.calibration import CalibrationMetrics
-    from calibscope.diagnostics.temperature import TemperatureFit, TemperatureSweep
+    from calibscope.diagnostics.temperature import TemperatureFit
 
 SUMMARY_METRICS = ("ece", "mce", "signed_ce", "nll", "brier", "accuracy")
 
@@ -25,40 +26,6 @@ SUMMARY_METRICS = ("ece", "mce", "signed_ce", "nll", "brier", "accuracy")
 # --------------------------------------------------------------------------------------------------------
 # the result of `calibscope temperature`
 # --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One data set before and after scaling."""
-
-    source: str
-    fingerprint: dict[str, Any]
-    before: CalibrationMetrics
-    after: CalibrationMetrics
-    sweep: TemperatureSweep | None = None
-
-
-@dataclass(frozen=True)
-class TemperatureResult:
-    name: str
-    path: Path
-    format: str
-    checkpoint_sha256: str | None
-    objective: str
-    nll_fit: TemperatureFit | None
-    ece_fit: TemperatureFit
-    fit: Evaluation
-    apply: Evaluation | None = None
-    inference: dict[str, Any] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def chosen(self) -> TemperatureFit:
-        return self.nll_fit if self.objective == "nll" and self.nll_fit is not None else self.ece_fit
-
-    @property
-    def temperature(self) -> float:
-        return self.chosen.temperature
 
 
 def _summary(metrics: CalibrationMetrics) -> dict[str, Any]:

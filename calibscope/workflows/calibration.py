@@ -21,7 +21,7 @@ from calibscope.errors import ArgumentError
 from calibscope.workflows.temperature import FixedTemperature
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.render.ece_view import EceResult
+    from calibscope.results import EceResult
     from calibscope.workflows.gate import Baseline
     from calibscope.workflows.session import Session
 
@@ -70,7 +70,7 @@ def run_calibration(session: Session, checkpoint: Path | str, settings: Calibrat
     from calibscope.diagnostics.calibration import calibration_metrics, streamed_calibration_metrics
     from calibscope.diagnostics.temperature import apply_temperature
     from calibscope.inference import distributed
-    from calibscope.render.ece_view import EceResult
+    from calibscope.results import EceResult
 
     s = settings or CalibrationSettings()
     path = Path(checkpoint)

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibscope.render.ece_view import Gate
-from calibscope.render.ece_view import GateCheck as Check
+from calibscope.results import Gate
+from calibscope.results import GateCheck as Check
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.render.ece_view import EceResult
-    from calibscope.render.hessian_view import HessianResult
+    from calibscope.results import EceResult, HessianResult
 
 __all__ = ["Baseline", "Check", "Gate", "ece_gate", "lambda1_checks", "read_baseline", "METRIC_LABELS"]
 

@@ -19,7 +19,7 @@ from calibscope.diagnostics.defaults import (
 from calibscope.errors import ArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.render.hessian_view import HessianResult
+    from calibscope.results import HessianResult
     from calibscope.workflows.session import Session
 
 BN_MODES = ("eval", "train")
@@ -61,7 +61,7 @@ def run_hessian(session: Session, checkpoints: Sequence[Path | str], settings: H
     from calibscope.diagnostics import hessian as hs
     from calibscope.inference import distributed
     from calibscope.inference.device import resolve_device
-    from calibscope.render.hessian_view import HessianResult
+    from calibscope.results import HessianResult
     from calibscope.workflows.session import display_names
 
     s = settings or HessianSettings()

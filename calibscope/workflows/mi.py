@@ -13,8 +13,8 @@ from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.inference.augment import Augmentation
-    from calibscope.render.mi_view import MiResult
-    from calibscope.render.mi_view import MiSettings as Measured
+    from calibscope.results import MiMeasurement as Measured
+    from calibscope.results import MiResult
     from calibscope.workflows.session import Session
 
 DEFAULT_EXAMPLES = 300  # per class; Müller et al.: 300 + 300
@@ -73,8 +73,8 @@ def run_mi(session: Session, checkpoints: Sequence[Path | str], settings: MiSett
         logit_gaps,
     )
     from calibscope.inference.augment import augmented_logits, validate_augmentation
-    from calibscope.render.mi_view import MiResult
-    from calibscope.render.mi_view import MiSettings as Measured
+    from calibscope.results import MiMeasurement as Measured
+    from calibscope.results import MiResult
     from calibscope.workflows.projection import metadata_class_names
     from calibscope.workflows.session import display_names
 

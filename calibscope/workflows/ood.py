@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.diagnostics.ood import ClassGaussians
     from calibscope.inference.outputs import Outputs
     from calibscope.loading.types import Checkpoint, Dataset
-    from calibscope.render.ood_view import OodResult
+    from calibscope.results import OodResult
     from calibscope.workflows.session import Session
 
 DEFAULT_TEMPERATURE = 1.0
@@ -79,7 +79,7 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     ``train``: training data for the Mahalanobis score."""
     from calibscope.diagnostics.ood import ood_report
     from calibscope.loading.types import LogitsCheckpoint
-    from calibscope.render.ood_view import OodResult
+    from calibscope.results import OodResult
 
     s = settings or OodSettings()
     path, ood_path = Path(checkpoint), Path(ood_data)

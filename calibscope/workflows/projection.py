@@ -13,7 +13,7 @@ from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.loading.types import Checkpoint
-    from calibscope.render.projection_view import ClassChoice, ProjectionResult
+    from calibscope.results import ClassChoice, ProjectionResult
     from calibscope.workflows.session import Session
 
 DEFAULT_PER_CLASS = 100
@@ -65,7 +65,7 @@ def choose_classes(sets: Sequence[Session], checkpoints: Sequence[Checkpoint],
     import torch
 
     from calibscope.diagnostics.projection import most_confused_classes, resolve_classes
-    from calibscope.render.projection_view import ClassChoice
+    from calibscope.results import ClassChoice
 
     pick = sets[-1]
     per_model = [pick.run(c) for c in checkpoints]
@@ -114,7 +114,7 @@ def run_projection(session: Session, checkpoints: Sequence[Path | str], settings
     """
     from calibscope.diagnostics.projection import plane_projection
     from calibscope.loading.files import display
-    from calibscope.render.projection_view import ProjectedSplit, ProjectionResult
+    from calibscope.results import ProjectedSplit, ProjectionResult
     from calibscope.workflows.session import display_names
 
     s = settings or ProjectionSettings()

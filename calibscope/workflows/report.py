@@ -32,7 +32,7 @@ from calibscope.workflows.temperature import TemperatureSettings
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.inference.outputs import Outputs
     from calibscope.loading.types import Checkpoint
-    from calibscope.render.report_html import Report, Section
+    from calibscope.render.report_model import Report, Section
 
 SECTION_KEYS = ("calibration", "temperature", "selective", "ood", "projection", "mi", "hessian")
 SECTION_ALIASES = {"ece": "calibration", "projections": "projection", "project": "projection",
@@ -175,7 +175,7 @@ def _per_model(models: list[Model], fn: Callable[[Model], Any], *, needs_model: 
 
 
 def _outcome(key: str, results: list, notes: list[str], make_document, carried: Any = None) -> Section:
-    from calibscope.render.report_html import Section
+    from calibscope.render.report_model import Section
 
     if not results:
         return Section(key, "skipped", note="; ".join(notes) or "nothing to measure")
@@ -184,7 +184,7 @@ def _outcome(key: str, results: list, notes: list[str], make_document, carried: 
 
 
 def _skipped(key: str, note: str) -> Section:
-    from calibscope.render.report_html import Section
+    from calibscope.render.report_model import Section
 
     return Section(key, "skipped", note=note)
 
@@ -411,7 +411,7 @@ def run_report(session: Session, checkpoints: Sequence[Path | str], settings: Re
     temperature is fitted there; the projection's second column), ``train`` (projection, MI, Hessian,
     Mahalanobis) and ``ood_data``. ``command``: ``"report"`` (one model) or ``"compare"`` (two or more);
     ``progress(key)`` is called before each section. Thresholds do not raise: see ``Report.passed``."""
-    from calibscope.render import report_html
+    from calibscope.render import report_model
 
     s = settings or ReportSettings()
     if command == "compare" and len(checkpoints) < 2:
@@ -428,15 +428,15 @@ def run_report(session: Session, checkpoints: Sequence[Path | str], settings: Re
         try:
             section = SECTION_RUNNERS[key](ctx)
         except InputError as exc:  # an input error of the whole section: skip it, say why
-            section = report_html.Section(key, "skipped", note=_one_line(exc))
+            section = report_model.Section(key, "skipped", note=_one_line(exc))
         sections.append(section)
     names = [m.name for m in ctx.models]
     title = title or (f"calibscope report: {names[0]}" if command == "report"
                       else "calibscope compare: " + " vs ".join(names))
     test_info = ctx.test.dataset_info()
-    return report_html.Report(
+    return report_model.Report(
         command=command, title=title,
-        models=tuple(report_html.ModelInfo(m.name, m.path, m.checkpoint.format, m.checkpoint.sha256)
+        models=tuple(report_model.ModelInfo(m.name, m.path, m.checkpoint.format, m.checkpoint.sha256)
                      for m in ctx.models),
         sections=tuple(sections), checks=tuple(_checks(ctx, sections)),
         thresholds={"max_ece": s.max_ece, "ece_metric": s.calibration.headline, "max_lambda1": s.max_lambda1},

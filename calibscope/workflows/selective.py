@@ -22,7 +22,7 @@ from calibscope.workflows.ood import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.render.selective_view import SelectiveResult
+    from calibscope.results import SelectiveResult
     from calibscope.workflows.session import Session
 
 DEFAULT_SCORES = ("msp",)
@@ -55,7 +55,7 @@ def run_selective(session: Session, checkpoint: Path | str, settings: SelectiveS
     for the Mahalanobis score."""
     from calibscope.diagnostics.selective import selective_report
     from calibscope.loading.types import LogitsCheckpoint
-    from calibscope.render.selective_view import SelectiveResult
+    from calibscope.results import SelectiveResult
 
     s = settings or SelectiveSettings()
     path = Path(checkpoint)

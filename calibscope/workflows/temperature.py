@@ -15,7 +15,7 @@ from calibscope.errors import ArgumentError, InputError
 from calibscope.workflows.session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
-    from calibscope.render.temperature_view import TemperatureResult
+    from calibscope.results import TemperatureResult
 
 DEFAULT_OBJECTIVE = "nll"
 OBJECTIVES = ("nll", "ece")
@@ -138,7 +138,7 @@ def run_temperature(session: Session, checkpoint: Path | str, settings: Temperat
     from calibscope.diagnostics.temperature import apply_temperature, fit_temperature, temperature_sweep
     from calibscope.inference import distributed
     from calibscope.loading.types import LogitsCheckpoint, LogitsRows
-    from calibscope.render.temperature_view import Evaluation, TemperatureResult
+    from calibscope.results import Evaluation, TemperatureResult
 
     s = settings or TemperatureSettings()
     path = Path(checkpoint)

@@ -3,7 +3,6 @@ tables as text."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -16,12 +15,8 @@ from calibscope.render import (
     atomic_output,
     atomic_write_bytes,
     atomic_write_text,
-    bins_table,
-    calibration_table,
-    comparison_table,
     dumps,
     json_document,
-    print_tables,
     reliability_diagram,
     report_to_dict,
     save_figure,
@@ -201,43 +196,3 @@ def test_report_to_dict_and_non_finite(report):
 def test_json_document_rejects_header_clash():
     with pytest.raises(ValueError, match="reserved"):
         json_document("ece", {"schema": "x"}, meta={})
-
-
-# --------------------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------------------
-
-
-def _render(*renderables) -> str:
-    from rich.console import Console
-
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    for r in renderables:
-        console.print(r)
-    return console.file.getvalue()
-
-
-def test_tables_render_to_text(report):
-    text = _render(calibration_table(report, title="digits"), bins_table(report))
-    assert "digits" in text
-    assert f"{report.ece:.4f}" in text and f"{report.mce:.4f}" in text
-    assert f"{100 * report.accuracy:.2f} %" in text
-    assert f"{report.n:,}" in text
-    assert "(0.933, 1.000]" in text and "[0.000, 0.067]" in text
-    assert "—" in text  # empty bins
-
-
-def test_comparison_table_has_one_column_per_model(report):
-    text = _render(comparison_table({"hard targets": report, "label smoothing": report}))
-    header = next(line for line in text.splitlines() if "hard targets" in line)
-    assert "label smoothing" in header
-    assert text.count(f"{report.ece:.4f}") == 2
-
-
-def test_print_tables_uses_the_console(report):
-    from rich.console import Console
-
-    console = Console(record=True, width=120, file=io.StringIO())
-    print_tables(console, report, title="t", bins=True)
-    text = console.export_text()
-    assert "ECE (15 bins)" in text and "Gap" in text
