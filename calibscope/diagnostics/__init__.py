@@ -62,6 +62,13 @@ _LAZY = {
     "loss_surface": "calibscope.diagnostics.landscape",
     "loss_along_line": "calibscope.diagnostics.landscape",
     "hutchplusplus_trace": "calibscope.diagnostics.trace",
+    "ConformalCalibration": "calibscope.diagnostics.conformal",
+    "ConformalReport": "calibscope.diagnostics.conformal",
+    "conformal_calibrate": "calibscope.diagnostics.conformal",
+    "conformal_report": "calibscope.diagnostics.conformal",
+    "conformal_scores": "calibscope.diagnostics.conformal",
+    "conformal_quantile": "calibscope.diagnostics.conformal",
+    "prediction_sets": "calibscope.diagnostics.conformal",
 }
 
 __all__ = sorted(_LAZY)
