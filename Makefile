@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,lightning,hf,tracking]'
 	$(BIN)/python -m pip install --quiet --no-deps torch-uncertainty==0.13.0 pytorch-ood==0.4.0
 	touch $(STAMP)
 
