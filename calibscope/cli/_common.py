@@ -37,6 +37,13 @@ HELP = {
     "label_column": "Label column of a CSV dataset (default: label/labels/y/target/class).",
     "json": "Print a versioned JSON document to stdout instead of tables.",
     "out": "Write figures (PNG + SVG) and JSON into this directory.",
+    "output": "Which of the model's outputs are the logits when its forward returns several (a tuple, dict or "
+              "ModelOutput): a key such as logits or an index such as 1 (default: the one named logits, or the "
+              "one as wide as the final nn.Linear; ambiguity is refused).",
+    "labels": "Labels for a logits/probabilities file that holds none: .npy/.npz/.csv/.txt with one class index "
+              "per row, one-hot rows, or class names.",
+    "prefix": "Where the network's weights sit in a training checkpoint's state_dict, e.g. model. (default: the "
+              "one prefix whose keys fit --arch; other entries are ignored with a note).",
 }
 
 
@@ -68,6 +75,9 @@ StdOpt = Annotated[str | None, typer.Option("--std", help=HELP["std"], show_defa
 SplitOpt = Annotated[str | None, typer.Option("--split", help=HELP["split"], show_default=False)]
 LabelColumnOpt = Annotated[str | None, typer.Option("--label-column", help=HELP["label_column"], show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help=HELP["no_cache"])]
+OutputOpt = Annotated[str | None, typer.Option("--output", help=HELP["output"], show_default=False)]
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", help=HELP["labels"], show_default=False)]
+PrefixOpt = Annotated[str | None, typer.Option("--prefix", help=HELP["prefix"], show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=HELP["json"])]
 
 
@@ -325,7 +335,8 @@ def session_from_options(*, data: Path | None, split: str | None = None, label_c
                          trust: bool = False, device: str | None = None, precision: str | None = None,
                          batch_size: int | None = None, mean: str | None = None, std: str | None = None,
                          no_cache: bool = False, defaults=None, capture_features: bool = False,
-                         layer: str | None = None):
+                         layer: str | None = None, output: str | None = None, labels: Path | None = None,
+                         prefix: str | None = None):
     """A :class:`~calibscope.workflows.session.Session` from the command-line strings: the option if given,
     else the project default (``[tool.calibscope]`` / ``calibscope.toml``), else the built-in one."""
     from calibscope.workflows.session import Session
@@ -334,7 +345,8 @@ def session_from_options(*, data: Path | None, split: str | None = None, label_c
     std_t = parse_floats(std, "std") if std is not None else _tuple(pick(None, defaults, "std", None))
     return Session(resolve_data_path(data, defaults), split=split, label_column=label_column,
                    limit=pick(limit, defaults, "limit", None), arch=arch,
-                   arch_kwargs=parse_json_object(arch_kwargs, "arch-kwargs"), trust=trust,
+                   arch_kwargs=parse_json_object(arch_kwargs, "arch-kwargs"), trust=trust, prefix=prefix,
+                   output=output, labels=labels,
                    device=pick(device, defaults, "device", "auto"),
                    precision=pick(precision, defaults, "precision", "fp32"),
                    batch_size=pick(batch_size, defaults, "batch_size", None), mean=mean_t, std=std_t,

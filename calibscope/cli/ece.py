@@ -15,10 +15,13 @@ from calibscope.cli._common import (
     DeviceOpt,
     JsonOpt,
     LabelColumnOpt,
+    LabelsOpt,
     LimitOpt,
     MeanOpt,
     NoCacheOpt,
+    OutputOpt,
     PrecisionOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -64,6 +67,9 @@ def ece(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
+    labels: LabelsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -113,7 +119,8 @@ def ece(
             raise InputError("--max-increase needs --baseline OLD.json (an earlier `calibscope ece --json` output)")
         base = read_baseline(Path(baseline_path)) if baseline_path is not None else None
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=defaults)
         results = [run_calibration(session, path, settings, name=name, baseline=base, n_results=len(checkpoints))

@@ -15,6 +15,8 @@ from calibscope.cli._common import (
     LabelColumnOpt,
     LimitOpt,
     MeanOpt,
+    OutputOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -63,6 +65,8 @@ def hessian(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
     device: DeviceOpt = None,
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", help="Examples per batch of the "
                                    "Hessian-vector products (bounds memory)."),
@@ -96,7 +100,8 @@ def hessian(
                                    params=params, bn=bn, trace_samples=trace_samples, per_layer=per_layer,
                                    density=density, batch_size=batch_size)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, mean=mean, std=std,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, device=device, mean=mean, std=std,
                                        no_cache=True, defaults=project_defaults())
         results = run_hessian(session, checkpoints, settings, names=display_names(checkpoints))
         doc = hessian_view.document(results)

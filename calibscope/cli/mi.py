@@ -16,7 +16,9 @@ from calibscope.cli._common import (
     LabelColumnOpt,
     LimitOpt,
     MeanOpt,
+    OutputOpt,
     PrecisionOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -60,6 +62,8 @@ def mi(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -99,7 +103,8 @@ def mi(
         settings = MiSettings(classes=classes, examples=examples, draws=draws, repetitions=repetitions,
                               augment=augment, shift=shift, flip=not no_flip, seed=seed)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=True,
                                        defaults=project_defaults())
         x_labels = None

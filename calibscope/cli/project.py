@@ -17,7 +17,9 @@ from calibscope.cli._common import (
     LimitOpt,
     MeanOpt,
     NoCacheOpt,
+    OutputOpt,
     PrecisionOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -48,6 +50,8 @@ def project(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -81,7 +85,8 @@ def project(
 
         settings = ProjectionSettings(classes=classes, per_class=per_class)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
         run = run_projection(session, checkpoints, settings, val=val, names=display_names(checkpoints))

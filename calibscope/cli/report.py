@@ -80,6 +80,9 @@ _STD = typer.Option(None, "--std", help=HELP["std"], show_default=False)
 _SPLIT = typer.Option(None, "--split", help=HELP["split"] + " (of --data)", show_default=False)
 _LABEL_COLUMN = typer.Option(None, "--label-column", help=HELP["label_column"], show_default=False)
 _NO_CACHE = typer.Option(False, "--no-cache", help=HELP["no_cache"])
+_OUTPUT = typer.Option(None, "--output", help=HELP["output"], show_default=False)
+_LABELS = typer.Option(None, "--labels", help=HELP["labels"], show_default=False)
+_PREFIX = typer.Option(None, "--prefix", help=HELP["prefix"], show_default=False)
 
 
 def _shared_options(
@@ -94,7 +97,8 @@ def _shared_options(
     trust: bool = _TRUST, device: str | None = _DEVICE, precision: str | None = _PRECISION,
     batch_size: int | None = _BATCH_SIZE, limit: int | None = _LIMIT, mean: str | None = _MEAN,
     std: str | None = _STD, split: str | None = _SPLIT, label_column: str | None = _LABEL_COLUMN,
-    no_cache: bool = _NO_CACHE,
+    no_cache: bool = _NO_CACHE, output: str | None = _OUTPUT, labels: Path | None = _LABELS,
+    prefix: str | None = _PREFIX,
 ) -> None:
     """The options report and compare share (only the signature is used)."""
 
@@ -226,7 +230,7 @@ def _run(command: str, checkpoints: list[Path], o: dict[str, Any]) -> None:
                                    limit=o["limit"], arch=o["arch"], arch_kwargs=o["arch_kwargs"], trust=o["trust"],
                                    device=o["device"], precision=o["precision"], batch_size=o["batch_size"],
                                    mean=o["mean"], std=o["std"], no_cache=o["no_cache"], defaults=defaults,
-                                   layer=o["layer"])
+                                   layer=o["layer"], output=o["output"], labels=o["labels"], prefix=o["prefix"])
     verbose = sys.stderr.isatty()
 
     def progress(key: str) -> None:

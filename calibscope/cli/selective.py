@@ -19,9 +19,12 @@ from calibscope.cli._common import (
     DeviceOpt,
     JsonOpt,
     LabelColumnOpt,
+    LabelsOpt,
     MeanOpt,
     NoCacheOpt,
+    OutputOpt,
     PrecisionOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -53,6 +56,9 @@ def selective(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
+    labels: LabelsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -95,7 +101,8 @@ def selective(
                                      target_risk=target_risk, temperature=parse_temperature(temperature),
                                      shrinkage=parse_shrinkage(shrinkage))
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
         result = run_selective(session, checkpoint, settings, train=train, name=display_names([checkpoint])[0])

@@ -15,10 +15,13 @@ from calibscope.cli._common import (
     DeviceOpt,
     JsonOpt,
     LabelColumnOpt,
+    LabelsOpt,
     LimitOpt,
     MeanOpt,
     NoCacheOpt,
+    OutputOpt,
     PrecisionOpt,
+    PrefixOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
@@ -50,6 +53,9 @@ def temperature(
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
+    prefix: PrefixOpt = None,
+    output: OutputOpt = None,
+    labels: LabelsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -79,7 +85,8 @@ def temperature(
         defaults = project_defaults()
         settings = TemperatureSettings(objective=objective, n_bins=pick(bins, defaults, "bins", DEFAULT_BINS))
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, device=device, precision=precision,
+                                       arch_kwargs=arch_kwargs, trust=trust,
+                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=defaults)
         held_out = None if apply is None else session.for_data(apply, split=session.split,

@@ -81,7 +81,7 @@ def run_hessian(session: Session, checkpoints: Sequence[Path | str], settings: H
                                               "safetensors)")
         normalised = session.options_for(checkpoint)
         model = checkpoint.module.to(target)
-        run = dict(options, mean=normalised.mean, std=normalised.std)
+        run = dict(options, mean=normalised.mean, std=normalised.std, output=session.output)
         if s.repeats > 1:
             rep = hs.hessian_repeats(model, dataset.inputs, dataset.labels, repeats=s.repeats, **run)
             spectrum = rep.spectra[0]

@@ -49,6 +49,9 @@ class Session:
         split, label_column, limit: passed to :func:`~calibscope.loading.dataset.load_dataset`; ``limit`` also
             cuts the rows of logits files.
         arch, arch_kwargs, trust, prefix: passed to :func:`~calibscope.loading.checkpoint.load_checkpoint`.
+        output: which of a non-tensor model output holds the logits (``--output KEY|INDEX``).
+        labels: a labels file for logits files that hold none (``--labels``;
+            :func:`~calibscope.loading.labels.load_labels`); not passed on to :meth:`for_data` sessions.
         device, precision, batch_size, mean, std, capture_features, layer: the
             :class:`~calibscope.inference.engine.InferenceOptions`; ``mean``/``std`` None means "from the
             checkpoint's metadata" (:meth:`options_for`).
@@ -62,6 +65,7 @@ class Session:
                  precision: str = "fp32", batch_size: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
+                 output: str | int | None = None, labels: Path | str | None = None,
                  _shared: dict[str, dict] | None = None):
         self.data_path = None if data is None else Path(data)
         self.split, self.label_column, self.limit = split, label_column, limit
@@ -70,6 +74,9 @@ class Session:
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.use_cache, self.capture_features, self.layer = use_cache, capture_features, layer
+        from calibscope.model_outputs import parse_output_spec
+
+        self.output, self.labels = parse_output_spec(output), None if labels is None else Path(labels)
         # loaded checkpoints and computed outputs, shared by every session derived from this one
         self._shared = _shared if _shared is not None else {"checkpoints": {}, "outputs": {}, "datasets": {}}
 
@@ -80,7 +87,8 @@ class Session:
                       arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust, prefix=self.prefix,
                       device=self.device,
                       precision=self.precision, batch_size=self.batch_size, mean=self.mean, std=self.std,
-                      use_cache=self.use_cache, capture_features=self.capture_features, layer=self.layer)
+                      use_cache=self.use_cache, capture_features=self.capture_features, layer=self.layer,
+                      output=self.output, labels=self.labels)
         fields.update(changes)
         return Session(**fields, _shared=self._shared)
 
@@ -93,6 +101,7 @@ class Session:
         """A session for another dataset (validation, training, OOD) with the same model options, sharing the
         loaded checkpoints. ``prefer_split`` is taken where the source holds several splits, else the source's
         only one; ``label_column`` is kept only for CSV sources unless given."""
+        changes.setdefault("labels", None)  # --labels belong to the main checkpoint's rows
         if label_column is None and data is not None:
             label_column = self.label_column if _is_text(Path(data)) else None
         if prefer_split is None or data is None:
@@ -114,7 +123,7 @@ class Session:
         return InferenceOptions(device=self.device, precision=self.precision,
                                 batch_size=self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE,
                                 mean=self.mean, std=self.std, capture_features=self.capture_features,
-                                layer=self.layer)
+                                layer=self.layer, output=self.output)
 
     def options_for(self, checkpoint: Checkpoint) -> InferenceOptions:
         """:attr:`options` with ``mean``/``std`` from the checkpoint's metadata when the session sets none —
@@ -151,11 +160,28 @@ class Session:
             return checkpoints[key]
         from calibscope.loading.checkpoint import load_checkpoint
 
-        checkpoint = load_checkpoint(path, arch=self.arch, arch_kwargs=self.arch_kwargs, trust=self.trust,
-                                     prefix=self.prefix)
+        checkpoint = self._with_labels(load_checkpoint(path, arch=self.arch, arch_kwargs=self.arch_kwargs,
+                                                       trust=self.trust, prefix=self.prefix))
         if keep:
             checkpoints[key] = checkpoint
         return checkpoint
+
+    def _with_labels(self, checkpoint: Any) -> Any:
+        """``checkpoint`` with the labels of :attr:`labels` (a logits file only; the file's own must agree)."""
+        if self.labels is None:
+            return checkpoint
+        from calibscope.loading.labels import load_labels
+        from calibscope.loading.types import LogitsCheckpoint, LogitsRows
+
+        if not isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)):
+            raise InputError(f"--labels goes with a logits/probabilities file; '{checkpoint.path}' is a model, whose "
+                             "labels come from the dataset (--data)")
+        n = len(checkpoint.array) if isinstance(checkpoint, LogitsRows) else int(checkpoint.logits.shape[0])
+        labels = load_labels(self.labels, num_rows=n, class_names=checkpoint.metadata.get("class_names"))
+        if checkpoint.labels is not None and not bool((checkpoint.labels == labels).all()):
+            raise InputError(f"'{checkpoint.path}' holds labels of its own that differ from --labels "
+                             f"'{self.labels}'; drop one of them")
+        return dataclasses.replace(checkpoint, labels=labels)
 
     def model(self, path: Path | str, *, why: str, keep: bool = True) -> Checkpoint:
         """The checkpoint at ``path``, refused (InputError saying ``why``) when it is a logits file."""
@@ -182,7 +208,7 @@ class Session:
         is_logits = isinstance(checkpoint, LogitsCheckpoint)
         needs_data = not (is_logits and checkpoint.labels is not None)
         if needs_data and self.data_path is None:
-            raise _no_data(checkpoint.path)
+            raise _no_labels(checkpoint.path) if is_logits else _no_data(checkpoint.path)
         key = (str(checkpoint.path), checkpoint.sha256, str(self.data_path), self.split, self.label_column, self.limit,
                dataclasses.astuple(self.options), self.use_cache)
         memo = self._shared["outputs"]
@@ -221,13 +247,15 @@ class Session:
 
         threshold = 0 if distributed.current() is not None else _stream_min_bytes()
         checkpoint = open_logits_rows(checkpoint_path, min_bytes=threshold)
+        if checkpoint is not None:
+            checkpoint = self._with_labels(checkpoint)
         if checkpoint is None:
             checkpoint = self.checkpoint(checkpoint_path)
             if not isinstance(checkpoint, LogitsCheckpoint):
                 return self.shard_of(checkpoint), checkpoint
         has_labels = isinstance(checkpoint, (LogitsCheckpoint, LogitsRows)) and checkpoint.labels is not None
         if not has_labels and self.data_path is None:
-            raise _no_data(checkpoint_path)
+            raise _no_labels(checkpoint_path)
         dataset = self.dataset if (not has_labels or self.data_path is not None) else None
         if self.limit is not None:
             if isinstance(checkpoint, LogitsRows):
@@ -252,6 +280,12 @@ class Session:
 def _no_data(checkpoint: Path | str) -> NoDataError:
     return NoDataError(f"no dataset for '{checkpoint}': pass the data to run it on (data=...), or set "
                        "data = \"path\" under [tool.calibscope] in pyproject.toml or in calibscope.toml")
+
+
+def _no_labels(checkpoint: Path | str) -> InputError:
+    from calibscope.inference.pipeline import no_labels_message
+
+    return InputError(no_labels_message(checkpoint))
 
 
 def _limited(checkpoint, limit: int):
