@@ -102,11 +102,12 @@ def cli_errors() -> Iterator[None]:
     if not STATE["debug"]:
         warnings.showwarning = one_line_warning
     try:
-        if _launched_by_torchrun():
-            with _distributed_errors():
-                yield
-            return
-        yield
+        with _output_set():
+            if _launched_by_torchrun():
+                with _distributed_errors():
+                    yield
+                return
+            yield
     except typer.Exit:
         raise
     except InputError as exc:
@@ -117,9 +118,11 @@ def cli_errors() -> Iterator[None]:
     except GateFailed as exc:
         echo_err(f"gate failed: {_one_line(exc)}")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        echo_err("interrupted")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        from calibscope.render.atomic import Terminated
+
+        echo_err("terminated" if isinstance(exc, Terminated) else "interrupted")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except Exception as exc:  # noqa: BLE001
         if STATE["debug"]:
             raise
@@ -127,6 +130,19 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(3) from None
     finally:
         warnings.showwarning = previous
+
+
+def _output_set():
+    """Every file a command writes is published when it succeeds (or its gate fails: the report is wanted), and
+    none when it fails or is interrupted (see :func:`calibscope.render.atomic.transactional_outputs`)."""
+    from calibscope.render.atomic import transactional_outputs
+
+    def publish(exc: BaseException) -> bool:
+        if isinstance(exc, GateFailed):
+            return True
+        return isinstance(exc, typer.Exit) and int(exc.exit_code or 0) in (0, 1)
+
+    return transactional_outputs(commit_if=publish)
 
 
 def _launched_by_torchrun() -> bool:

@@ -66,7 +66,9 @@ def _ensure_dir(out: Path) -> None:
     from calibscope.errors import InputError
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        from calibscope.render.atomic import make_folder
+
+        make_folder(out)
     except OSError as exc:
         raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
 

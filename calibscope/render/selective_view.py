@@ -177,7 +177,9 @@ def write_outputs(out: Path, result: SelectiveResult, doc: dict[str, Any]) -> li
     from calibscope.render.json_doc import dumps
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        from calibscope.render.atomic import make_folder
+
+        make_folder(out)
     except OSError as exc:
         raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
     written: list[Path] = []
