@@ -92,7 +92,7 @@ def _index_column(p: Path, name: str, column: Any) -> str | None:
     n = column.shape[0]
     whole = bool(np.all(np.isfinite(column)) and np.all(column == np.round(column)))
     counting = whole and bool(np.array_equal(column, np.arange(n, dtype=np.float64)))
-    shown = repr(name) if name else "an unnamed"
+    shown = repr(name) if name else "unnamed"
     if counting:
         return (f"{display(p)}: the first column ({shown}, 0..{n - 1}) is a row index such as pandas' to_csv "
                 "writes; it was ignored")
