@@ -69,6 +69,14 @@ _LAZY = {
     "conformal_scores": "calibscope.diagnostics.conformal",
     "conformal_quantile": "calibscope.diagnostics.conformal",
     "prediction_sets": "calibscope.diagnostics.conformal",
+    "knn_score": "calibscope.diagnostics.ood_detectors",
+    "fit_vim": "calibscope.diagnostics.ood_detectors",
+    "vim_score": "calibscope.diagnostics.ood_detectors",
+    "react_threshold": "calibscope.diagnostics.ood_detectors",
+    "react_score": "calibscope.diagnostics.ood_detectors",
+    "ash_score": "calibscope.diagnostics.ood_detectors",
+    "gradnorm_score": "calibscope.diagnostics.ood_detectors",
+    "odin_inputs": "calibscope.diagnostics.ood_detectors",
 }
 
 __all__ = sorted(_LAZY)
