@@ -14,23 +14,22 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from calibscope.errors import InputError
+from calibscope.diagnostics.defaults import MAX_BINS, MAX_BOOTSTRAP, MAX_SEED
+from calibscope.errors import ArgumentError
 
-MAX_SEED = 2**63 - 1
-MAX_BINS = 10_000
-MAX_BOOTSTRAP = 100_000
+__all__ = ["MAX_BINS", "MAX_BOOTSTRAP", "MAX_SEED", "check_seed", "check_upper"]
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` as an int in [0, :data:`MAX_SEED`], else InputError naming the bound."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"Expected argument `{name}` to be an integer from 0 to 2**63 - 1 ({MAX_SEED}), "
-                         f"but got {seed!r}")
+        raise ArgumentError(name, f"Expected argument `{name}` to be an integer from 0 to 2**63 - 1 ({MAX_SEED}), "
+                                  f"but got {seed!r}")
     return int(seed)
 
 
 def check_upper(value: Any, bound: int, name: str) -> None:
     """InputError when an integer option exceeds its documented bound."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > bound:
-        raise InputError(f"Expected argument `{name}` to be at most {bound:,}, but got {value:,} "
-                         "(see calibscope.bounds for why)")
+        raise ArgumentError(name, f"Expected argument `{name}` to be at most {bound:,}, but got {value:,} "
+                                  "(see calibscope.bounds for why)")

@@ -145,6 +145,17 @@ def _output_set():
     return transactional_outputs(commit_if=publish)
 
 
+def check_outputs(*, files: dict[str, Any] | None = None, folders: dict[str, Any] | None = None) -> None:
+    """Before anything is computed: every file option names a writable file (not a directory), every folder
+    option a folder that exists and is writable or can be made (one-line InputError otherwise)."""
+    from calibscope.render.atomic import check_destination, check_folder
+
+    for option, path in (files or {}).items():
+        check_destination(path, option)
+    for option, path in (folders or {}).items():
+        check_folder(path, option)
+
+
 def _launched_by_torchrun() -> bool:
     from calibscope.inference.distributed import launched_by_torchrun
 

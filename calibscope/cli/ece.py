@@ -98,6 +98,9 @@ def ece(
       calibscope ece model.pt2 --data test.npz --temperature-from t.json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(files={"--junit": junit, "--bins-csv": bins_csv}, folders={"--out": out})
         from calibscope.cli._common import display_names, echo_err, pick, project_defaults, session_from_options
         from calibscope.errors import GateFailed, InputError
         from calibscope.render import ece_view

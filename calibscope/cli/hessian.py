@@ -92,6 +92,9 @@ def hessian(
       calibscope hessian weights.safetensors --arch torchvision:resnet18 --data train/ --params last --json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(folders={"--out": out})
         from calibscope.cli._common import display_names, project_defaults, session_from_options
         from calibscope.render import hessian_view
         from calibscope.workflows.hessian import HessianSettings, run_hessian

@@ -95,6 +95,9 @@ def mi(
       calibscope mi model.pt2 --data table.csv --classes 0,1 --augment noise:0.05 --json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(folders={"--out": out})
         from calibscope.cli._common import display_names, echo_err, project_defaults, session_from_options
         from calibscope.errors import InputError
         from calibscope.render import mi_view

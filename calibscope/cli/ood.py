@@ -85,6 +85,9 @@ def ood(
       calibscope ood test_logits.npz --ood-data ood_logits.npz --score energy --json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
             display_names,
             parse_shrinkage,

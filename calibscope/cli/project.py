@@ -79,6 +79,9 @@ def project(
       calibscope project weights.safetensors --arch torchvision:resnet18 --data val/ --layer fc
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(folders={"--out": out})
         from calibscope.cli._common import display_names, project_defaults, session_from_options
         from calibscope.render import projection_view as view
         from calibscope.workflows.projection import ProjectionSettings, run_projection

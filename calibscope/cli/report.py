@@ -205,8 +205,9 @@ def _check_paths(command: str, o: dict[str, Any]) -> Path | None:
     if out is not None:
         if out.is_dir():
             raise InputError(f"-o '{out}' is a folder; name the HTML file to write, e.g. {out / (command + '.html')}")
-        if not out.parent.is_dir():
-            raise InputError(f"cannot write '{out}': the folder '{out.parent}' does not exist")
+        from calibscope.render.atomic import check_destination
+
+        check_destination(out, "-o")  # its folder exists and is writable
     for role in ("data", "train", "val", "ood_data"):
         path = o[role]
         if path is not None and not Path(path).exists():

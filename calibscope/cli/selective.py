@@ -86,6 +86,9 @@ def selective(
       calibscope selective test_logits.npz --coverage 0.5,0.9 --json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
             display_names,
             parse_floats,

@@ -78,6 +78,9 @@ def temperature(
       calibscope ece model.pt2 --data test.npz --temperature-from t.json
     """
     with cli_errors():
+        from calibscope.cli._common import check_outputs
+
+        check_outputs(files={"--save-temperature": save_temperature}, folders={"--out": out})
         from calibscope.cli._common import display_names, echo_err, pick, project_defaults, session_from_options
         from calibscope.render import temperature_view as view
         from calibscope.workflows.temperature import TemperatureSettings, run_temperature

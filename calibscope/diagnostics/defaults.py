@@ -16,3 +16,8 @@ DEFAULT_EXAMPLES = 4096
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_HVP = 200
 DEFAULT_TRACE_SAMPLES = 20
+
+# documented upper bounds (calibscope.bounds says why)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+MAX_BINS = 10_000  # equal-width bins of ECE and of histograms
+MAX_BOOTSTRAP = 100_000  # bootstrap replicates

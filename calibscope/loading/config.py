@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from calibscope.errors import InputError
+from calibscope.loading import limits
 from calibscope.loading.files import display
 
 CONFIG_FILE = "calibscope.toml"
@@ -71,6 +72,8 @@ def find_defaults(cwd: Path | None = None) -> ProjectDefaults | None:
     """
     folder = Path.cwd() if cwd is None else Path(cwd)
     own = folder / CONFIG_FILE
+    for candidate in (own, folder / PYPROJECT_FILE):
+        limits.require_regular(candidate, "configuration file")  # a FIFO would block the read forever
     if own.is_file():
         table = _read_toml(own)
         return _parse(table, own, where=display(own))

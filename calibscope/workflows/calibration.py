@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
 from calibscope.diagnostics.defaults import DEFAULT_BINS
 from calibscope.errors import ArgumentError
 from calibscope.workflows.temperature import FixedTemperature
@@ -53,6 +54,9 @@ class CalibrationSettings:
                                 f"interval, got {self.bootstrap} (0 turns it off)")
         if self.seed < 0:
             raise ArgumentError("seed", f"`seed` must be 0 or more, got {self.seed}")
+        check_seed(self.seed)
+        check_upper(self.n_bins, MAX_BINS, "n_bins")
+        check_upper(self.bootstrap, MAX_BOOTSTRAP, "bootstrap")
 
     @property
     def headline(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from calibscope.bounds import check_seed
 from calibscope.diagnostics.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXAMPLES,
@@ -52,6 +53,7 @@ class HessianSettings:
         for name, least in (("top", 1), ("examples", 1), ("repeats", 1), ("seed", 0), ("trace_samples", 0)):
             if getattr(self, name) < least:
                 raise ArgumentError(name, f"`{name}` must be at least {least}, got {getattr(self, name)}")
+        check_seed(self.seed)
 
 
 def run_hessian(session: Session, checkpoints: Sequence[Path | str], settings: HessianSettings | None = None, *,

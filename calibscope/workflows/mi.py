@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from calibscope.bounds import check_seed
 from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +50,7 @@ class MiSettings:
             raise ArgumentError("repetitions", f"`repetitions` must be at least 1, got {self.repetitions}")
         if self.seed < 0:
             raise ArgumentError("seed", f"`seed` must be 0 or more, got {self.seed}")
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True)

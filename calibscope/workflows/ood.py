@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from calibscope.bounds import MAX_BINS, check_upper
 from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +66,7 @@ class OodSettings:
             object.__setattr__(self, "scores", parse_scores(self.scores))
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
         object.__setattr__(self, "shrinkage", check_shrinkage(self.shrinkage))
+        check_upper(self.n_bins, MAX_BINS, "n_bins")
 
     def score_names(self, has_train: bool) -> tuple[str, ...]:
         from calibscope.diagnostics.ood import LOGIT_SCORES

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibscope.errors import InputError
+from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.inference.engine import InferenceOptions
@@ -67,6 +67,8 @@ class Session:
                  use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
                  output: str | int | None = None, labels: Path | str | None = None,
                  _shared: dict[str, dict] | None = None):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+            raise ArgumentError("limit", f"`limit` must be an integer larger than 0, got {limit!r}")
         self.data_path = None if data is None else Path(data)
         self.split, self.label_column, self.limit = split, label_column, limit
         self.arch, self.arch_kwargs, self.trust, self.prefix = arch, arch_kwargs, trust, prefix

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calibscope.bounds import MAX_BINS, check_upper
 from calibscope.diagnostics.defaults import DEFAULT_BINS
 from calibscope.errors import ArgumentError, InputError
 from calibscope.workflows.session import Session
@@ -127,6 +128,7 @@ class TemperatureSettings:
             raise ArgumentError("objective", f"`objective` must be nll or ece, got '{self.objective}'")
         if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or self.n_bins < 1:
             raise ArgumentError("n_bins", f"`n_bins` must be a positive integer, got {self.n_bins}")
+        check_upper(self.n_bins, MAX_BINS, "n_bins")
 
 
 def run_temperature(session: Session, checkpoint: Path | str, settings: TemperatureSettings | None = None, *,

@@ -52,3 +52,39 @@ def test_deeply_nested_temperature_file(tmp_path):
     path = tmp_path / "t.json"
     path.write_text("{\"temperature\": " + "[" * 100_000 + "]" * 100_000 + "}")
     refused(["ece", LOGITS, "--temperature-from", str(path)], "nested")
+
+
+def test_limit_minus_one_on_a_logits_file():
+    refused(["ece", LOGITS, "--limit", "-1"], "--limit")
+
+
+@pytest.mark.parametrize("command", [["mi", MODEL, "--data", DATA, "--classes", "3,5"],
+                                     ["hessian", MODEL, "--data", DATA]])
+def test_seed_beyond_64_bits_for_every_command(command):
+    refused([*command, "--seed", str(2**70)], "--seed")
+
+
+def test_destinations_are_checked_before_the_model_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIBSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "adir").mkdir()
+    refused(["ece", MODEL, "--data", DATA, "--junit", str(tmp_path / "adir")], "is a directory")
+    refused(["ece", MODEL, "--data", DATA, "--out", str(tmp_path / "f"), "--bins-csv", str(tmp_path / "no" / "b")],
+            "does not exist")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "f").exists()  # nothing ran, nothing written
+
+
+def test_config_naming_a_fifo(tmp_path, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / "data.npz")
+    (tmp_path / "calibscope.toml").write_text('data = "data.npz"\n')
+    monkeypatch.chdir(tmp_path)
+    refused(["ece", MODEL], "FIFO")
+
+
+def test_config_file_that_is_a_fifo(tmp_path, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / "calibscope.toml")
+    monkeypatch.chdir(tmp_path)
+    refused(["ece", LOGITS], "FIFO")
