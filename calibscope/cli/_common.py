@@ -23,9 +23,11 @@ HELP = {
             "CSV. Optional for logits files that carry labels, or when pyproject.toml \\[tool.calibscope] / "
             "calibscope.toml names one.",
     "arch": "Architecture for a state_dict/safetensors file: package.module:callable, path/to/file.py:Callable, "
-            "torchvision:NAME or timm:NAME.",
+            "torchvision:NAME or timm:NAME. A module:callable or file.py:Callable runs that code (your code, by "
+            "design; never code named by a file without --trust).",
     "arch_kwargs": "JSON keyword arguments for --arch, e.g. '{\"num_classes\": 10}'.",
-    "trust": "Allow loading files that contain pickled Python code (runs code from the file!).",
+    "trust": "Allow loading files that run code: pickled Python objects, .pt2 archives with code torch.export does "
+             "not write, AOTInductor libraries, Hugging Face remote code (runs code from the file!).",
     "device": "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps.",
     "precision": "fp32 (default; calibration numbers must not move with hardware), bf16 or fp16 (autocast).",
     "batch_size": "Examples per batch (halved automatically on CUDA out-of-memory).",
