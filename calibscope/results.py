@@ -257,3 +257,22 @@ class HessianResult:
     repeats: HessianRepeats | None = None  # all subsets, when --repeats > 1
     meta: dict[str, Any] = field(default_factory=dict)  # hashes, dataset, normalisation
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# calibscope conformal
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConformalResult:
+    """One ``calibscope conformal`` run: calibrated on ``data['val']``, measured on ``data['test']``; ``gate``:
+    ``{"min_coverage", "coverage", "passed"}`` when ``--min-coverage`` was given."""
+
+    name: str
+    path: Path
+    format: str
+    data: dict[str, str | None]
+    report: Any  # calibscope.diagnostics.conformal.ConformalReport
+    inference: dict[str, dict[str, Any]]
+    gate: dict[str, Any] | None = None

@@ -47,13 +47,14 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import ece, hessian, mi, ood, project, report, selective, temperature
+    from calibscope.cli import conformal, ece, hessian, mi, ood, project, report, selective, temperature
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
     app.command(name="mi", no_args_is_help=True)(mi.mi)
     app.command(name="ood", no_args_is_help=True)(ood.ood)
     app.command(name="selective", no_args_is_help=True)(selective.selective)
+    app.command(name="conformal", no_args_is_help=True)(conformal.conformal)
     app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
     app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
     app.command(name="report", no_args_is_help=True)(report.report)
