@@ -37,6 +37,20 @@ TRAIN, VAL, TEST = f"{S}/digits_train.npz", f"{S}/digits_val.npz", f"{S}/digits_
 # A logits file that 2 ranks read by rows from disk (numpy.savez stores members uncompressed), while one
 # process loads it whole: the same numbers either way.
 LOGITS = "stored_test_logits.npz"
+# Named token inputs (input_ids, attention_mask, token_type_ids) fed by keyword to a model from an --arch file.
+TOKENS, BAG, BAG_ARCH = "tokens.npz", "bag.pt", "bag.py:Bag"
+BAG_SOURCE = """
+from torch import nn
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(40, 16, mode="sum")
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.classifier(self.embed(input_ids, per_sample_weights=attention_mask.float()))
+"""
 
 # The commands compared between one process and two ranks. Sizes not divisible by 2: --limit 149,
 # --examples 149, the 1347 test examples.
@@ -51,6 +65,7 @@ COMMANDS = {
     "mi": ["mi", HARD, "--data", TRAIN, "--classes", "3,5", "--json"],
     "selective": ["selective", HARD, "--data", TEST, "--json", "--no-cache"],
     "ood": ["ood", HARD, "--data", TEST, "--ood-data", VAL, "--train", TRAIN, "--json", "--no-cache"],
+    "ece_tokens": ["ece", BAG, "--arch", BAG_ARCH, "--data", TOKENS, "--json", "--no-cache"],
 }
 FAULTS = [
     {"name": "fail_inference", "argv": ["selective", HARD, "--data", TEST, "--json", "--no-cache"],
@@ -70,6 +85,24 @@ PLAN = [{"name": name, "argv": argv} for name, argv in COMMANDS.items()] + CACHE
 IGNORED = {"seconds", "examples_per_second", "distributed", "processes", "cache", "calibscope_version"}
 
 
+IN_WORKDIR = (LOGITS, OUT, TOKENS, BAG, BAG_ARCH)  # arguments that name files the fixture writes
+
+
+def write_token_model(out: Path) -> None:
+    """101 token sequences (50 + 51 rows per rank) with padding, and a bag-of-embeddings model for them."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, size=101)
+    mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, 40, size=(101, 12)) * mask
+    np.savez(out / TOKENS, input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+             labels=rng.integers(0, 3, size=101))
+    (out / "bag.py").write_text(BAG_SOURCE)
+    namespace: dict = {}
+    exec(BAG_SOURCE, namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["Bag"]().state_dict(), out / BAG)
+
+
 def write_stored_logits(path: Path) -> Path:
     with np.load(REPO / S / "digits_hard_test_logits.npz") as data:
         np.savez(path, **{k: data[k] for k in data.files})
@@ -77,7 +110,7 @@ def write_stored_logits(path: Path) -> Path:
 
 
 def command(name: str, workdir: Path) -> list[str]:
-    return [str(workdir / a) if a == LOGITS else a for a in COMMANDS[name]]
+    return [str(workdir / a) if a in IN_WORKDIR else a for a in COMMANDS[name]]
 
 
 def torchrun(plan: list[dict], out: Path, *, timeout: float = 240) -> tuple[subprocess.CompletedProcess, dict]:
@@ -102,12 +135,13 @@ def torchrun(plan: list[dict], out: Path, *, timeout: float = 240) -> tuple[subp
 def workdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks")
     write_stored_logits(out / LOGITS)
+    write_token_model(out)
     return out
 
 
 @pytest.fixture(scope="module")
 def two_ranks(workdir):
-    plan = [{**step, "argv": [str(workdir / a) if a in (LOGITS, OUT) else a for a in step["argv"]]} for step in PLAN]
+    plan = [{**step, "argv": [str(workdir / a) if a in IN_WORKDIR else a for a in step["argv"]]} for step in PLAN]
     job, records = torchrun(plan, workdir)
     assert job.returncode == 0, job.stderr[-3000:]
     return records
@@ -160,6 +194,12 @@ def test_ece_equals_one_process(two_ranks, workdir, one_thread):
     two = rank0_document(two_ranks, "ece")
     assert_same(one_process(command("ece", workdir)), two, rel=1e-6)
     assert [r["n"] for r in two["results"]] == [1347, 1347]
+
+
+def test_token_inputs_fed_by_keyword_equal_one_process(two_ranks, workdir, one_thread):
+    two = rank0_document(two_ranks, "ece_tokens")
+    assert_same(one_process(command("ece_tokens", workdir)), two, rel=1e-6)
+    assert two["results"][0]["n"] == 101
 
 
 def test_ece_of_a_logits_file_read_by_rows_equals_one_process(two_ranks, workdir):
