@@ -132,8 +132,52 @@ def run(device: torch.device, *, n: int, batch_size: int, width: int, image: int
               f"max relative error of λ1..λ5 {err_p:.1e} (λ = {', '.join(f'{e:.6g}' for e in power)})")
         print(f"[{device}] power iteration / calibscope: {n_power / spectrum.n_hvp:.1f}× the HVPs, "
               f"{t_power / spectrum.seconds:.1f}× the time")
+        anchors(model, x, y, ref, device, repeats, t_hvp, spectrum)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+
+
+def anchors(model, x, y, ref, device, repeats, t_hvp, spectrum) -> None:
+    """The real packages on the same model and batch: PyHessian (single-batch mode, power iteration, tol 1e-3)
+    and hessian-eigenthings (Lanczos, tol 1e-4); each skipped with a line when not installed."""
+    def rel_err(values):
+        return max(abs(a - b) / abs(b) for a, b in zip(sorted(values, reverse=True), ref, strict=True))
+
+    try:
+        from pyhessian import hessian as pyhessian_hessian
+        from pyhessian.utils import hessian_vector_product
+    except ImportError:
+        print(f"[{device}] PyHessian not installed (pip install --no-deps pyhessian==0.1): skipped")
+    else:
+        h = pyhessian_hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=device.type == "cuda")
+        vs = [torch.randn_like(p) for p in h.params]
+        t_py = _timed(lambda: hessian_vector_product(h.gradsH, h.params, vs), device, repeats)
+        _sync(device)
+        t0 = time.perf_counter()
+        values, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=5)
+        _sync(device)
+        t_top = time.perf_counter() - t0
+        print(f"[{device}] PyHessian 0.1 (the package): {1e3 * t_py:.1f} ms per HVP, top-5 at tol 1e-3 in "
+              f"{t_top:.2f} s, max relative error {rel_err(values):.1e}")
+        print(f"[{device}] ratios: calibscope/PyHessian time per HVP {t_hvp / t_py:.2f}× (goal ≤ 1.1), "
+              f"time to top-5 calibscope (1e-4) / PyHessian (1e-3) {spectrum.seconds / t_top:.2f}× (goal < 1)")
+        del h
+    try:
+        import hessian_eigenthings as he
+    except ImportError:
+        print(f"[{device}] hessian-eigenthings not installed (pip install hessian-eigenthings): skipped")
+    else:
+        op = he.HessianOperator(model, [(x, y)], he.supervised_loss(F.cross_entropy))
+        v = torch.randn(op.size, device=device)
+        t_he = _timed(lambda: op.matvec(v), device, repeats)
+        _sync(device)
+        t0 = time.perf_counter()
+        result = he.lanczos(op, k=5, tol=1e-4, which="LA", seed=0)
+        _sync(device)
+        t_top = time.perf_counter() - t0
+        print(f"[{device}] hessian-eigenthings {he.__version__}: {1e3 * t_he:.1f} ms per HVP, top-5 Lanczos at "
+              f"tol 1e-4 in {t_top:.2f} s, max relative error {rel_err(result.eigenvalues.tolist()):.1e}; "
+              f"calibscope/eigenthings per HVP {t_hvp / t_he:.2f}×")
 
 
 def main() -> None:

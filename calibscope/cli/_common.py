@@ -30,7 +30,8 @@ HELP = {
              "not write, AOTInductor libraries, Hugging Face remote code (runs code from the file!).",
     "device": "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps.",
     "precision": "fp32 (default; calibration numbers must not move with hardware), bf16 or fp16 (autocast).",
-    "batch_size": "Examples per batch (halved automatically on CUDA out-of-memory).",
+    "batch_size": "Examples per batch (halved automatically on CUDA out-of-memory); by default chosen from the "
+                  "size of one example and the free memory (1024 for small inputs, 64 for 224² images on CPU).",
     "limit": "Use only the first N examples of the dataset.",
     "mean": "Per-channel mean after uint8 → [0, 1], e.g. 0.485,0.456,0.406 (default: from the checkpoint).",
     "std": "Per-channel std, e.g. 0.229,0.224,0.225 (default: from the checkpoint).",
@@ -69,7 +70,7 @@ TrustOpt = Annotated[bool, typer.Option("--trust", help=HELP["trust"])]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help=HELP["device"] + " \\[default: auto]",
                                                show_default=False)]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=HELP["precision"], show_default=False)]
-BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help=HELP["batch_size"] + " \\[default: 1024]",
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help=HELP["batch_size"],
                                                   show_default=False)]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help=HELP["limit"], show_default=False)]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help=HELP["mean"], show_default=False)]

@@ -72,7 +72,7 @@ _ARCH_KWARGS = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], sho
 _TRUST = typer.Option(False, "--trust", help=HELP["trust"])
 _DEVICE = typer.Option(None, "--device", help=HELP["device"] + " \\[default: auto]", show_default=False)
 _PRECISION = typer.Option(None, "--precision", help=HELP["precision"], show_default=False)
-_BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"] + " \\[default: 1024]",
+_BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"],
                            show_default=False)
 _LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each data set.", show_default=False)
 _MEAN = typer.Option(None, "--mean", help=HELP["mean"], show_default=False)

@@ -467,6 +467,8 @@ class HessianOperator:
         self.batch_size = batch_size
         self.resize_batches = resize_batches
         self.n_hvp = 0
+        self._gradient_graph = None  # (pairs, versions) of the single batch's gradient, see _cached_gradient
+        self._keep_graph = True
         self._call = ModelCall(model, inputs, device=self.device, mean=mean, std=std, output=output)
         self.method = self._choose_method(method)
 
@@ -607,14 +609,72 @@ class HessianOperator:
         if len(unused) == len(self.names):
             raise InputError(f"the loss does not depend on the chosen parameters ({_describe(self.names)})")
 
+    # -- one batch: the gradient's graph is built once and reused (PyHessian's single-batch mode) -----------
+
+    def _state_versions(self) -> tuple[int, ...]:
+        """In-place version counters of the parameters and buffers: any change to the model bumps one."""
+        return tuple(t._version for t in (*self.model.parameters(), *self.model.buffers()))
+
+    def _cached_gradient(self):
+        """``(pairs, versions)``: ∇L(θ) with its graph (create_graph) for the single batch, rebuilt when a
+        parameter or buffer changed in place since it was built. None when there are several batches or the
+        method is not double backward: then each product runs forward + backward + double backward."""
+        if (self.n == 0 or self.n > self.batch_size or not self.method.startswith("double-backward")
+                or not self._keep_graph):
+            return None
+        versions = self._state_versions()
+        cached = self._gradient_graph
+        if cached is not None and cached[1] == versions:
+            return cached[0]
+        self._gradient_graph = None  # free the stale graph before building the new one
+        context = _math_attention() if self.method == "double-backward+math-attention" else contextlib.nullcontext()
+        with context, torch.enable_grad():
+            x, y = next(self._batches())
+            loss = self._loss_sum(x, y)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        if not pairs:
+            raise _NotTwiceDifferentiable("the gradient does not depend on the parameters")
+        self._gradient_graph = (pairs, self._state_versions())
+        return pairs
+
+    def _hvp_cached(self, pairs, vs) -> torch.Tensor:
+        context = _math_attention() if self.method == "double-backward+math-attention" else contextlib.nullcontext()
+        with context:
+            hv = torch.autograd.grad([g for _, g in pairs], self.params, grad_outputs=[vs[i] for i, _ in pairs],
+                                     retain_graph=True, allow_unused=True)
+        return self._flat(hv)
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat vector ``v`` (``[dim]``), summed over all batches."""
+        """H v for a flat vector ``v`` (``[dim]``), summed over all batches.
+
+        With a single batch the gradient graph is kept between products (one backward per product instead
+        of forward + backward + backward); it is rebuilt if the model's parameters or buffers change.
+        """
         vs = self._split(v.to(self.device, self.dtype))
         fn = self._hvp_function(self.method)
         with _requires_grad(self.params):
-            out = self._accumulate(lambda x, y: fn(x, y, vs))
+            out = None
+            try:
+                pairs = self._cached_gradient()
+                if pairs is not None:
+                    out = self._hvp_cached(pairs, vs)
+                    out = out if self.reduce is None else self.reduce(out)
+            except RuntimeError as exc:  # CUDA out of memory while the graph is kept: products batch by batch
+                if not (self.device.type == "cuda" and _is_oom(exc)):
+                    raise
+                self.release()
+                self._keep_graph = False
+                torch.cuda.empty_cache()
+                out = None
+            if out is None:
+                out = self._accumulate(lambda x, y: fn(x, y, vs))
         self.n_hvp += 1
         return out
+
+    def release(self) -> None:
+        """Drop the kept gradient graph (its activations) now rather than with the operator."""
+        self._gradient_graph = None
 
     __call__ = hvp
 
@@ -954,12 +1014,14 @@ def top_hessian_eigenvalues(
             trace = hutchinson_trace(op, op.dim, samples=trace_samples, seed=seed + 1, device=device, dtype=dtype)
         layers: tuple[LayerEigenvalue, ...] = ()
         if per_layer:
+            op.release()  # one kept graph at a time
             layers = _per_layer(model, sub_inputs, sub_labels, chosen, op, tol=tol, max_hvp=max_hvp, seed=seed,
                                 mean=mean, std=std)
         dens = None
         if density:
             dens = spectral_density(op, op.dim, runs=density_runs, steps=density_steps, seed=seed + 2,
                                     device=device, dtype=dtype)
+        op.release()
     settings = HessianSettings(
         top=top, tol=tol, max_hvp=max_hvp, examples=int(indices.numel()), examples_requested=examples,
         dataset_size=int(inputs.shape[0]), seed=seed, subset=subset, subset_sha256=_subset_sha256(indices), bn=bn,
@@ -982,6 +1044,7 @@ def _per_layer(model, inputs, labels, chosen, op: HessianOperator, *, tol, max_h
                               reduce=op.reduce, output=op._call.output)
         res = lanczos_top_eigenvalues(sub, sub.dim, k=1, tol=tol, max_matvec=max_hvp, seed=seed,
                                       device=sub.device, dtype=sub.dtype)
+        sub.release()
         out.append(LayerEigenvalue(layer=layer, n_params=sub.dim, eigenvalue=res.eigenvalues[0],
                                    residual=res.residuals[0], converged=res.converged, n_hvp=res.n_matvec))
     return tuple(out)

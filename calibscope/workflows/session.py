@@ -120,10 +120,10 @@ class Session:
     @property
     def options(self) -> InferenceOptions:
         """The inference options, before the checkpoint's normalisation is applied (see :meth:`options_for`)."""
-        from calibscope.inference.engine import DEFAULT_BATCH_SIZE, InferenceOptions
+        from calibscope.inference.engine import InferenceOptions
 
         return InferenceOptions(device=self.device, precision=self.precision,
-                                batch_size=self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE,
+                                batch_size=self.batch_size,  # None: chosen from the input size and free memory
                                 mean=self.mean, std=self.std, capture_features=self.capture_features,
                                 layer=self.layer, output=self.output)
 

@@ -132,6 +132,25 @@ def test_tiny_mlp_top5_matches_exact_hessian():
         assert np.min(np.abs(all_eigenvalues - ev)) <= res + 1e-6 * exact[0]
 
 
+def test_single_batch_keeps_the_gradient_graph_and_rebuilds_it_after_an_in_place_change():
+    """One batch: the gradient's graph is built once and reused (one backward per product); products equal
+    the exact Hessian's, and after the weights change in place they are those of the changed model."""
+    model = _tiny_mlp()
+    x, y = _data((5,), 40, 3, seed=2)
+    op = HessianOperator(model, x, y, parameters=select_parameters(model), batch_size=64)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(op.hvp(v).numpy(), _exact_hessian(model, x, y) @ v.double().numpy(), atol=2e-6)
+    kept = op._gradient_graph
+    op.hvp(v)
+    assert op._gradient_graph is kept  # reused, not rebuilt
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    np.testing.assert_allclose(op.hvp(v).numpy(), _exact_hessian(model, x, y) @ v.double().numpy(), atol=2e-6)
+    assert op._gradient_graph is not kept
+    op.release()
+    assert op._gradient_graph is None
+
+
 def test_tiny_cnn_with_batchnorm_in_eval_mode_matches_exact_hessian():
     model = _tiny_cnn()
     x, y = _data((1, 6, 6), 48, 4, seed=4)

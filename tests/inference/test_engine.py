@@ -224,3 +224,20 @@ def test_cache_round_trip_is_exact(tmp_path, monkeypatch, model, images):
     assert back.meta["cache"] == "hit" and back.meta["precision"] == "fp32"
     assert cache.cache_key(a=1) != cache.cache_key(a=2)
     assert not list((tmp_path / "c").glob("*.tmp"))
+
+
+def test_automatic_batch_size_from_example_size_and_free_memory(model, images):
+    from calibscope.inference.engine import automatic_batch_size
+
+    cpu, big = torch.device("cpu"), 1 << 40
+    assert automatic_batch_size(images, cpu, free_bytes=big) == 1024  # 8×8 digits: small examples
+    imagenet = torch.empty(10_000, 3, 224, 224, dtype=torch.uint8)
+    assert automatic_batch_size(imagenet, cpu, free_bytes=big) == 64  # 64 MiB of float32 input per batch
+    assert automatic_batch_size(imagenet[:100], cpu, free_bytes=big) == 8  # ≥ 8 batches: the bar moves
+    assert automatic_batch_size(imagenet, cpu, free_bytes=64 << 20) == 2  # little free memory: smaller
+    assert automatic_batch_size(imagenet, torch.device("cuda"), free_bytes=80 << 30) == 1024
+    out = run_inference(model, images, options=InferenceOptions(batch_size=None, mean=(0.3,), std=(0.4,)),
+                        progress=False)
+    assert out.meta["batch_size"] == 203 or out.meta["batch_size"] == 1024
+    assert out.meta["batch_size_requested"] == "auto"
+    torch.testing.assert_close(out.logits, _reference(model, images, 0.3, 0.4), rtol=0, atol=1e-5)
