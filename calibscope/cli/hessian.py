@@ -60,7 +60,7 @@ def hessian(
     density: bool = typer.Option(False, "--density", help="Also the spectral density by stochastic Lanczos "
                                  "quadrature (plotted with --out)."),
     json_: JsonOpt = False,
-    out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Bar plot: hessian_eigenvalues."
+    out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: hessian_eigenvalues."
                                     "png/.svg; numbers: hessian.json.", show_default=False),
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,

@@ -8,7 +8,6 @@ eigenvalues, residuals, trace, density and repeat statistics all come from
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +16,9 @@ from calibscope.results import HessianResult  # noqa: F401 - re-exported (the re
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from calibscope.diagnostics.hessian import HessianSpectrum, SpectralDensity
+    from calibscope.diagnostics.hessian import HessianSpectrum
 
-__all__ = ["HessianResult", "density_figure", "document", "eigenvalue_figure", "print_json", "print_tables",
+__all__ = ["HessianResult", "densities_figure", "document", "eigenvalue_figure", "print_json", "print_tables",
            "write_outputs"]
 
 _MISSING = "—"
@@ -69,64 +68,90 @@ def print_json(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def eigenvalue_figure(results: list[HessianResult], *, figsize: tuple[float, float] = (5.0, 3.4)) -> Figure:
-    """Grouped bars λ1…λk, one colour per checkpoint (error bars: std across subsets with ``--repeats``).
+def _series(results: list[HessianResult]):
+    from calibscope.render.figures import series_colors
 
-    Log scale when every value is positive (SGD vs SAM differ by orders of magnitude), linear otherwise.
+    return zip(results, series_colors(len(results)), strict=True)
+
+
+def _legend_label(r: HessianResult) -> str:
+    s = r.spectrum
+    return f"{r.name}: λ1/λ{len(s.eigenvalues)} = {s.ratio:.3g}, train loss {s.loss:.2g}"
+
+
+def eigenvalue_figure(results: list[HessianResult], *, figsize: tuple[float, float] = (5.0, 3.6)) -> Figure:
+    """λ1…λk against their index, one line with markers per checkpoint (error bars: std across subsets with
+    ``--repeats``); the legend gives λ1/λk and the training loss each spectrum was measured at.
+
+    Points, not bars: only the values mean something. Log y axis when every value is positive and they span
+    more than a factor of 20 (SGD vs SAM), linear otherwise. The legend sits below the axes.
     """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     k = max(len(r.spectrum.eigenvalues) for r in results)
-    width = 0.8 / len(results)
     values_all = []
-    for j, r in enumerate(results):
+    for r, (color, marker) in _series(results):
         if r.repeats is not None:
             values, errors = list(r.repeats.eigenvalues_mean), list(r.repeats.eigenvalues_std)
         else:
             values, errors = list(r.spectrum.eigenvalues), None
         values_all += values
-        xs = [i + (j - (len(results) - 1) / 2) * width for i in range(len(values))]
-        ax.bar(xs, values, width=width, yerr=errors, capsize=2 if errors else 0, label=r.name,
-               edgecolor="black", linewidth=0.5, zorder=2)
-    if values_all and all(v > 0 for v in values_all):
+        ax.errorbar(range(1, len(values) + 1), values, yerr=errors, color=color, marker=marker, markersize=5,
+                    linewidth=1.3, capsize=3 if errors else 0, label=_legend_label(r), zorder=3)
+    positive = values_all and all(v > 0 for v in values_all)
+    if positive and max(values_all) / min(values_all) > 20:
         ax.set_yscale("log")
-    ax.set_xticks(range(k), [f"$\\lambda_{{{i + 1}}}$" for i in range(k)])
+    elif not positive:
+        ax.axhline(0.0, color="0.3", linewidth=0.6)
+    ax.set_xticks(range(1, k + 1), [f"$\\lambda_{{{i + 1}}}$" for i in range(k)])
+    ax.set_xlim(0.6, k + 0.4)
     ax.set_ylabel("Hessian eigenvalue")
-    ax.axhline(0.0, color="0.3", linewidth=0.6)
-    ax.grid(True, axis="y", linewidth=0.5, alpha=0.35)
+    ax.grid(True, linewidth=0.5, alpha=0.35)
     ax.set_axisbelow(True)
-    ax.legend(fontsize="small", frameon=True, framealpha=0.9)
+    fig.legend(loc="outside lower center", fontsize="x-small", frameon=False, ncols=1)
     first = results[0].spectrum.settings
     ax.set_title(f"Top Hessian eigenvalues ({first.examples:,} examples, BN {first.bn})", fontsize="medium")
     return fig
 
 
-def density_figure(density: SpectralDensity, *, title: str | None = None,
-                   figsize: tuple[float, float] = (5.0, 3.4)) -> Figure:
-    """Spectral density from stochastic Lanczos quadrature, log scale (as Ghorbani et al. 2019 draw it)."""
+def densities_figure(results: list[HessianResult], *, figsize: tuple[float, float] | None = None) -> Figure:
+    """Spectral densities (stochastic Lanczos quadrature) side by side on shared axes, log density as Ghorbani
+    et al. 2019 and Foret et al. 2021 (Fig. 3) draw them; λ1 marked, λ1 and λ1/λk in each panel.
+
+    Only checkpoints with a density are drawn; ``fig.axes[i]`` is the i-th of them.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, layout="constrained")
-    ax = fig.subplots()
-    floor = max(max(density.density) * 1e-8, 1e-300)
-    ax.semilogy(density.grid, [max(v, floor) for v in density.density], color="#3b6fb6", linewidth=1.2)
-    ax.set_xlabel("Eigenvalue")
-    ax.set_ylabel("Density")
-    ax.grid(True, linewidth=0.5, alpha=0.35)
-    ax.set_title(title or f"Hessian spectral density (SLQ, {density.runs}×{density.steps} steps)",
-                 fontsize="medium")
+    drawn = [(r, style) for r, style in _series(results) if r.spectrum.density is not None]
+    if not drawn:
+        raise ValueError("Expected at least one result with a spectral density (--density)")
+    n = len(drawn)
+    fig = Figure(figsize=figsize or (2.9 * n + 0.6, 3.0), layout="constrained")
+    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
+    peak = max(max(r.spectrum.density.density) for r, _ in drawn)
+    floor = max(peak * 1e-8, 1e-300)
+    for ax, (r, (color, _)) in zip(axes, drawn, strict=True):
+        d, s = r.spectrum.density, r.spectrum
+        ax.semilogy(d.grid, [max(v, floor) for v in d.density], color=color, linewidth=1.2)
+        ax.axvline(s.eigenvalues[0], color=color, linestyle="--", linewidth=1.0)
+        ax.text(0.97, 0.96, f"$\\lambda_1$ = {s.eigenvalues[0]:.3g}\n$\\lambda_1/\\lambda_{{{len(s.eigenvalues)}}}$ = "
+                f"{s.ratio:.3g}\ntrain loss {s.loss:.2g}", transform=ax.transAxes, ha="right", va="top",
+                fontsize="x-small", bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "0.7"})
+        ax.set_title(r.name, fontsize="small")
+        ax.set_xlabel("Eigenvalue")
+        ax.grid(True, linewidth=0.5, alpha=0.35)
+    axes[0].set_ylabel("Density")
+    axes[0].set_ylim(floor, peak * 10)
+    first = drawn[0][0].spectrum.density
+    fig.suptitle(f"Hessian spectral density (SLQ, {first.runs}×{first.steps} steps)", fontsize="medium")
     return fig
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 def write_outputs(out: Path, results: list[HessianResult], doc: dict[str, Any]) -> list[Path]:
     """``out/hessian.json``, ``out/hessian_eigenvalues.png|svg`` and, with ``--density``,
-    ``out/hessian_density_<name>.png|svg`` (atomic writes)."""
+    ``out/hessian_density.png|svg`` (every checkpoint's density side by side; atomic writes)."""
     from calibscope.errors import InputError
     from calibscope.render.atomic import atomic_write_text
     from calibscope.render.figures import save_figure
@@ -139,10 +164,8 @@ def write_outputs(out: Path, results: list[HessianResult], doc: dict[str, Any]) 
     except OSError as exc:
         raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
     written = save_figure(eigenvalue_figure(results), out / "hessian_eigenvalues")
-    for r in results:
-        if r.spectrum.density is not None:
-            written += save_figure(density_figure(r.spectrum.density, title=r.name),
-                                   out / f"hessian_density_{_slug(r.name)}")
+    if any(r.spectrum.density is not None for r in results):
+        written += save_figure(densities_figure(results), out / "hessian_density")
     written.append(atomic_write_text(out / "hessian.json", dumps(doc) + "\n"))
     return written
 

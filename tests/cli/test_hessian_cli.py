@@ -69,7 +69,7 @@ def test_table_repeats_and_files(app, tmp_path):
     assert "λ1/λ3" in result.stdout and "±" in result.stdout and "classifier" in result.stdout
     assert {p.name for p in out.iterdir()} == {
         "hessian.json", "hessian_eigenvalues.png", "hessian_eigenvalues.svg",
-        "hessian_density_digits_sam.safetensors.png", "hessian_density_digits_sam.safetensors.svg"}
+        "hessian_density.png", "hessian_density.svg"}
     entry = json.loads((out / "hessian.json").read_text())["results"][0]
     rep = entry["repeats"]
     assert rep["count"] == 2 and len(rep["subsets"]) == 2
