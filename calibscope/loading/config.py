@@ -95,6 +95,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{display(path)} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{display(path)} is not UTF-8 text, as TOML must be ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    except RecursionError:
+        raise InputError(f"{display(path)} nests tables or arrays too deeply") from None
     except OSError as exc:
         raise InputError(f"cannot read {display(path)}: {exc.strerror or exc}") from None
 

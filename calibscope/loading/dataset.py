@@ -852,7 +852,10 @@ def _read_csv(p: Path, *, label_column: str | None, limit: int | None) -> _Loade
     except OSError as exc:
         raise InputError(f"cannot read {display(p)}: {exc.strerror or exc}") from None
     with fh:
-        first = fh.readline()
+        try:
+            first = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{display(p)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         fh.seek(0)
         delimiter = "\t" if p.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
         reader = csv.reader(fh, delimiter=delimiter)
@@ -884,6 +887,8 @@ def _read_csv(p: Path, *, label_column: str | None, limit: int | None) -> _Loade
                     rows.append([row[j] for j in x_cols])
         except csv.Error as exc:
             raise InputError(f"{display(p)} line {reader.line_num} is not valid CSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{display(p)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not rows:
         raise InputError(f"{display(p)} holds 0 examples (only a header row)")
     try:
