@@ -11,7 +11,11 @@ gives bit-identical weights. It writes
   (Foret et al. 2021); each as ``NAME.pt2`` (``torch.export``), ``NAME.ts`` (TorchScript) and
   ``NAME.safetensors`` (state_dict + arch metadata), with the metadata also in a ``calibscope.json`` extra
   file of the first two;
-* ``digits_hard_test_logits.npz``: the hard-target model's logits on the test split.
+* ``digits_hard_test_logits.npz``: the hard-target model's logits on the test split;
+* ``series/digits_{hard,ls}_epoch_{E}.safetensors`` for E in ``SERIES_EPOCHS``: snapshots of the hard and
+  label-smoothed runs during training (the same runs, not retrained), weights stored as float16 to keep the
+  series small, for ``calibscope mi`` against epoch (Müller et al. 2019 §4). Taking a snapshot draws no
+  random numbers, so the final models are the same bytes as without the series.
 
 The models expect uint8 images divided by 255 and then normalised with the training split's pixel mean and
 standard deviation; that normalisation is not part of the model, it travels in the metadata (``mean``,
@@ -59,6 +63,9 @@ MODELS = {
     "digits_sam": {"loss": "cross_entropy_sam", "alpha": 0.0, "rho": RHO},
 }
 MAX_BYTES = 2 * 1024 * 1024
+SERIES_EPOCHS = (2, 10, 50, 200)  # roughly geometric; chosen once, before looking at any result
+SERIES_MODELS = ("digits_hard", "digits_ls")
+SERIES_MAX_BYTES = 3 * 1000 * 1000  # the whole series
 
 
 def split_indices(labels: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,8 +112,12 @@ def summarise(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> DigitsCNN:
-    """Mini-batch Adam; with ``rho > 0`` each step is SAM's two-step update (Foret et al. 2021, Alg. 1)."""
+def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor, *, snapshots: tuple[int, ...] = (),
+          taken: dict[int, dict[str, torch.Tensor]] | None = None) -> DigitsCNN:
+    """Mini-batch Adam; with ``rho > 0`` each step is SAM's two-step update (Foret et al. 2021, Alg. 1).
+
+    After each epoch listed in ``snapshots`` a copy of the state_dict goes into ``taken[epoch]``.
+    """
     torch.manual_seed(SEED)
     model = DigitsCNN(**ARCH_KWARGS)
     model.train()
@@ -118,7 +129,7 @@ def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> DigitsCNN
     def loss_fn(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(inputs), targets, label_smoothing=alpha)
 
-    for _ in range(EPOCHS):
+    for epoch in range(1, EPOCHS + 1):
         order = torch.randperm(len(y), generator=batches)
         for start in range(0, len(y), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]
@@ -140,6 +151,8 @@ def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> DigitsCNN
                     for p, e in zip(params, eps, strict=True):
                         p.sub_(e)
             optimiser.step()
+        if epoch in snapshots and taken is not None:
+            taken[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return model.eval()
 
 
@@ -212,6 +225,29 @@ def save_model(directory: Path, name: str, model: DigitsCNN, example: torch.Tens
         raise SystemExit(f"{name}.ts: calibscope.json did not round-trip")
 
 
+def save_series(directory: Path, name: str, taken: dict[int, dict[str, torch.Tensor]], meta: dict) -> list[Path]:
+    """``series/NAME_epoch_E.safetensors``: float16 weights + the metadata, ``training.epochs`` = E."""
+    folder = directory / "series"
+    folder.mkdir(exist_ok=True)
+    written = []
+    for epoch, state in sorted(taken.items()):
+        recipe = {**meta["training"], "epochs": epoch, "epochs_planned": EPOCHS, "stored_dtype": "float16"}
+        path = folder / f"{name}_epoch_{epoch}.safetensors"
+        half = {k: v.to(torch.float16).contiguous() for k, v in sorted(state.items())}
+        save_file(half, str(path), metadata={
+            "calibscope.arch": meta["arch"],
+            "calibscope.arch_kwargs": json.dumps(meta["arch_kwargs"]),
+            "calibscope.mean": json.dumps(meta["mean"]),
+            "calibscope.std": json.dumps(meta["std"]),
+            "calibscope.class_names": json.dumps(meta["class_names"]),
+            "calibscope.num_classes": str(meta["num_classes"]),
+            "calibscope.training": json.dumps(recipe),
+        })
+        sort_safetensors_header(path)
+        written.append(path)
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -248,9 +284,12 @@ def main() -> None:
         f"{'test nll':>8} {'test ECE':>8} {'test conf':>9} {'seconds':>7}"
     )
     rows = []
+    series: list[Path] = []
     for name, loss in MODELS.items():
         t = time.perf_counter()
-        model = train(loss, x["train"], y["train"])
+        taken: dict[int, dict[str, torch.Tensor]] = {}
+        snapshots = SERIES_EPOCHS if name in SERIES_MODELS else ()
+        model = train(loss, x["train"], y["train"], snapshots=snapshots, taken=taken)
         seconds = time.perf_counter() - t
         recipe = {
             **loss,
@@ -274,6 +313,8 @@ def main() -> None:
             "training": recipe,
         }
         save_model(directory, name, model, x["val"][:4].clone(), meta)
+        if taken:
+            series += save_series(directory, name, taken, meta)
 
         stats = {s: summarise(predict(model, x[s]), y[s].numpy()) for s in splits}
         rows.append(
@@ -303,6 +344,10 @@ def main() -> None:
                 too_big.append(path.name)
     if too_big:
         raise SystemExit(f"files of 2 MB or more: {too_big}")
+    series_bytes = sum(p.stat().st_size for p in series)
+    print(f"series: {len(series)} files, {series_bytes} bytes")
+    if series_bytes > SERIES_MAX_BYTES:
+        raise SystemExit(f"the checkpoint series takes {series_bytes} bytes, more than {SERIES_MAX_BYTES}")
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

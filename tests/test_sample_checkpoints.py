@@ -140,3 +140,19 @@ def test_three_formats_agree_and_carry_metadata(name: str, test_split: dict[str,
         assert saved["class_names"].tolist() == CLASS_NAMES
         np.testing.assert_array_equal(saved["labels"], test_split["labels"])
         np.testing.assert_allclose(saved["logits"], reference.numpy(), rtol=0, atol=1e-5)
+
+
+SERIES_EPOCHS = (2, 10, 50, 200)
+
+
+def test_checkpoint_series_is_small_float16_and_labelled_with_its_epoch() -> None:
+    paths = [SAMPLES / "series" / f"digits_{run}_epoch_{e}.safetensors" for run in ("hard", "ls")
+             for e in SERIES_EPOCHS]
+    assert sum(p.stat().st_size for p in paths) <= 3_000_000
+    for path in paths:
+        with safe_open(str(path), framework="pt") as f:
+            training = json.loads(f.metadata()["calibscope.training"])
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+        assert training["epochs"] == int(path.stem.rsplit("_", 1)[1]) and training["stored_dtype"] == "float16"
+        model = DigitsCNN(**json.loads(safe_open(str(path), framework="pt").metadata()["calibscope.arch_kwargs"]))
+        model.load_state_dict({k: v.float() for k, v in load_file(path).items()})

@@ -88,6 +88,60 @@ def print_json(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
+def series_groups(labels: Sequence[str]) -> dict[str, list[tuple[float, int]]] | None:
+    """Several training runs in one call: ``{run: [(epoch, index), …]}`` when the labels are ``<run><number>``
+    with at least two runs, each with distinct numbers (``digits_hard_epoch_2``, ``digits_ls_epoch_2``, …);
+    else None.
+
+    >>> series_groups(["a_epoch_2.pt", "a_epoch_10.pt", "b_epoch_2.pt"])
+    {'a': [(2.0, 0), (10.0, 1)], 'b': [(2.0, 2)]}
+    """
+    import re
+
+    groups: dict[str, list[tuple[float, int]]] = {}
+    for i, label in enumerate(labels):
+        stem = re.sub(r"\.[A-Za-z0-9]+$", "", Path(label).name)
+        found = re.match(r"^(.*?)[_\-.]*(?:epoch|ep|step|iter)?[_\-.]*(\d+(?:\.\d+)?)$", stem)
+        if not found or not found.group(1):
+            return None
+        groups.setdefault(found.group(1), []).append((float(found.group(2)), i))
+    if len(groups) < 2 or any(len({x for x, _ in g}) != len(g) for g in groups.values()):
+        return None
+    return {k: sorted(v) for k, v in groups.items()}
+
+
+def _series_figure(results, settings, groups, *, figsize, title) -> Figure:
+    """One line per training run: Î against epoch, ± the repetition spread (Müller et al. 2019 §4)."""
+    from matplotlib.figure import Figure
+
+    from calibscope.render.figures import series_colors
+
+    ceiling = results[0].estimate.ceiling_nats
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(ceiling, color="0.35", linestyle="--", linewidth=1.0, label=f"{CEILING_LABEL} = {ceiling:.2f}")
+    ax.axhline(_LN2, color="0.35", linestyle=":", linewidth=1.2, label=f"{LOG2_LABEL} = {_LN2:.2f}")
+    for (run, points), (color, marker) in zip(groups.items(), series_colors(len(groups)), strict=True):
+        xs = [x for x, _ in points]
+        ys = [results[i].estimate.nats for _, i in points]
+        errs = [results[i].estimate.spread_nats or 0.0 for _, i in points]
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, color=color, marker=marker, markersize=5,
+                    linewidth=1.4, capsize=3, label=f"{ESTIMATE_LABEL} {run}", zorder=3)
+    if all(x > 0 for pts in groups.values() for x, _ in pts):
+        ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0.0, ceiling * 1.08)
+    ax.set_ylabel("Î(X; Y)  [nats]")
+    ax.grid(True, linewidth=0.5, alpha=0.35)
+    ax.legend(loc="lower left", fontsize="x-small", frameon=True, framealpha=0.9)
+    a, b = settings.classes
+    ax.set_title(title if title is not None else
+                 f"Logit-gap MI over training, classes {_class_text(a, settings.class_names[0])} vs "
+                 f"{_class_text(b, settings.class_names[1])}\nN = {sum(settings.examples)}, L = {settings.draws}, "
+                 f"{settings.augmentation}", fontsize="small")
+    return fig
+
+
 def mi_figure(
     results: Sequence[MiResult],
     settings: MiMeasurement,
@@ -106,6 +160,9 @@ def mi_figure(
 
     if not results:
         raise ValueError("Expected at least one result to plot, but got none")
+    groups = series_groups([r.label for r in results])
+    if groups is not None:
+        return _series_figure(results, settings, groups, figsize=figsize, title=title)
     numeric = all(r.x is not None for r in results)
     order = sorted(range(len(results)), key=lambda i: results[i].x) if numeric else list(range(len(results)))
     xs = [results[i].x if numeric else k for k, i in enumerate(order)]
