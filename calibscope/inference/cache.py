@@ -158,6 +158,83 @@ def store(key: str, outputs: Outputs) -> None:
                 os.unlink(tmp)
 
 
+# --------------------------------------------------------------------------------------------------------
+# file digests, memoised by path, size and modification time
+# --------------------------------------------------------------------------------------------------------
+
+DIGESTS_FILE = "digests.json"
+_RACY_SECONDS = 2.0  # a file modified this recently may change again within the clock's resolution
+_digests: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # this process's memo
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-256 of a checkpoint file's bytes (as :func:`calibscope.loading.files.file_sha256`), memoised in
+    ``digests.json`` of the cache folder by resolved path, size, modification and change time and inode, so a
+    repeated command hashes nothing. A file modified in the last two seconds is hashed but not memoised (it
+    may change again within the clock's resolution); folders (e.g. Hugging Face) are always hashed."""
+    import time
+
+    from calibscope.loading.files import file_sha256
+
+    p = Path(path)
+    if p.is_dir():
+        return file_sha256(p)
+    real = str(p.resolve())
+    stamp = _stamp(p.stat())
+    known = _digests.get(real)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    index_path = cache_dir() / DIGESTS_FILE
+    index = _read_index(index_path)
+    entry = index.get(real)
+    if isinstance(entry, dict) and tuple(entry.get("stamp") or ()) == stamp and _is_hex(entry.get("sha256")):
+        _digests[real] = (stamp, entry["sha256"])
+        return entry["sha256"]
+    digest = file_sha256(p)
+    if time.time() - p.stat().st_mtime_ns / 1e9 < _RACY_SECONDS or _stamp(p.stat()) != stamp:
+        return digest
+    _digests[real] = (stamp, digest)
+    index[real] = {"stamp": list(stamp), "sha256": digest}
+    _write_index(index_path, index)
+    return digest
+
+
+def _is_hex(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > 16 << 20:  # a sane bound: thousands of entries are a few hundred kB
+            return {}
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    """Atomic (temp file + rename); a failure only costs hashing again next time."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".digests.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(index, f)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())

@@ -39,8 +39,12 @@ def compute_outputs(
     *,
     use_cache: bool = True,
     progress: bool | None = None,
+    model_key: dict[str, Any] | None = None,
 ) -> Outputs:
-    """Logits and labels for ``checkpoint`` on ``dataset`` (validated: finite, labels in range)."""
+    """Logits and labels for ``checkpoint`` on ``dataset`` (validated: finite, labels in range).
+
+    ``model_key``: what identifies the model for the output cache (default :func:`default_model_key`: the
+    file's SHA-256 and the architecture it was built with); see :func:`outputs_key`."""
     from calibscope.loading.types import LogitsCheckpoint
 
     options = options or InferenceOptions()
@@ -51,9 +55,8 @@ def compute_outputs(
         if dataset is None:
             raise InputError(f"{source} is a model: pass the data to run it on with --data FILE")
         check_input_size(checkpoint, dataset)
+        key = outputs_key(model_key or default_model_key(checkpoint), dataset, options)
         options = with_checkpoint_normalisation(options, checkpoint.metadata)
-        key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
-                               options=asdict(replace(options, device=_device_kind(options.device))))
         group = distributed.current()
         outputs = _cache.load_cached(key) if use_cache else None
         if group is not None and not group.all_true(outputs is not None):
@@ -66,13 +69,72 @@ def compute_outputs(
                                                 progress=progress)
             outputs = replace(outputs, meta={**outputs.meta, "cache": "miss" if use_cache else "off"})
             if use_cache and (group is None or group.is_main):
-                _cache.store(key, outputs)
+                _cache.store(key, replace(outputs, meta={**outputs.meta, **_checkpoint_record(checkpoint)}))
         # the cache holds what the model computed; labels always come from the dataset as given
-        outputs = replace(outputs, labels=dataset.labels, meta={**outputs.meta, "checkpoint_format": checkpoint.format,
+        meta = {k: v for k, v in outputs.meta.items() if k != "checkpoint_metadata"}
+        outputs = replace(outputs, labels=dataset.labels, meta={**meta, "checkpoint_format": checkpoint.format,
                                          "checkpoint_sha256": checkpoint.sha256,
                                          "dataset_sha256": dataset.sha256, "dataset_format": dataset.format})
     validate_outputs(outputs, source=source, num_classes=checkpoint.metadata.get("num_classes"))
     return outputs
+
+
+# what a cache entry records of the checkpoint, so that a hit needs no model (see cached_outputs)
+_RECORDED_METADATA = ("num_classes", "class_names", "mean", "std", "input_size", "arch", "arch_kwargs")
+
+
+def _checkpoint_record(checkpoint: Checkpoint) -> dict[str, Any]:
+    import json
+
+    metadata = {}
+    for name in _RECORDED_METADATA:
+        value = checkpoint.metadata.get(name)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        if value is not None:
+            metadata[name] = value
+    return {"checkpoint_format": checkpoint.format, "checkpoint_sha256": checkpoint.sha256,
+            "checkpoint_metadata": metadata}
+
+
+def default_model_key(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The model's part of the cache key when the caller gives none: the file's SHA-256 and the architecture
+    recorded in the checkpoint's metadata."""
+    return {"file_sha256": checkpoint.sha256, "arch": checkpoint.metadata.get("arch"),
+            "arch_kwargs": checkpoint.metadata.get("arch_kwargs")}
+
+
+def outputs_key(model_key: dict[str, Any], dataset: Dataset, options: InferenceOptions) -> str:
+    """The output cache key: the model (``model_key``: the checkpoint file's digest and how the model is built
+    from it), the dataset's content digest and every option that changes the numbers, *before* the
+    checkpoint's own normalisation is applied (that follows from the file) — so a lookup needs no model."""
+    return _cache.cache_key(model=model_key, dataset=dataset.sha256,
+                            options=asdict(replace(options, device=_device_kind(options.device))))
+
+
+def cached_outputs(model_key: dict[str, Any], dataset: Dataset, options: InferenceOptions | None = None,
+                   *, source: str = "") -> tuple[Outputs, dict[str, Any]] | None:
+    """What :func:`compute_outputs` would return from the cache, without the model: ``(outputs, record)`` with
+    ``record`` = ``{"checkpoint_format", "checkpoint_sha256", "checkpoint_metadata"}`` as stored when the
+    entry was written, or None on a miss (then load the checkpoint and call :func:`compute_outputs`)."""
+    options = options or InferenceOptions()
+    outputs = _cache.load_cached(outputs_key(model_key, dataset, options))
+    if outputs is None:
+        return None
+    meta = dict(outputs.meta)
+    record = {"checkpoint_format": meta.pop("checkpoint_format", None),
+              "checkpoint_sha256": meta.pop("checkpoint_sha256", None),
+              "checkpoint_metadata": meta.pop("checkpoint_metadata", None)}
+    if not isinstance(record["checkpoint_metadata"], dict) or not isinstance(record["checkpoint_format"], str) \
+            or not isinstance(record["checkpoint_sha256"], str):
+        return None  # an entry without the record (older calibscope): compute as usual
+    outputs = replace(outputs, labels=dataset.labels, meta={
+        **meta, "checkpoint_format": record["checkpoint_format"], "checkpoint_sha256": record["checkpoint_sha256"],
+        "dataset_sha256": dataset.sha256, "dataset_format": dataset.format})
+    validate_outputs(outputs, source=source, num_classes=record["checkpoint_metadata"].get("num_classes"))
+    return outputs, record
 
 
 def check_input_size(checkpoint, dataset) -> None:
@@ -161,6 +223,7 @@ def output_shard(
     *,
     use_cache: bool = True,
     progress: bool | None = None,
+    model_key: dict[str, Any] | None = None,
 ) -> OutputShard:
     """This process's rows of what :func:`compute_outputs` computes (all rows for one process).
 
@@ -199,17 +262,17 @@ def output_shard(
         raise InputError(f"'{dataset.source}' has inputs but no labels: calibration compares predictions with "
                          "labels; store them beside the inputs (y / labels / targets)")
     if group is None:
-        return as_shard(compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress),
-                        checkpoint)
+        return as_shard(compute_outputs(checkpoint, dataset, options, use_cache=use_cache, progress=progress,
+                                        model_key=model_key), checkpoint)
     check_input_size(checkpoint, dataset)
+    key = outputs_key(model_key or default_model_key(checkpoint), dataset, options)
     options = with_checkpoint_normalisation(options, checkpoint.metadata)
-    key = _cache.cache_key(checkpoint=checkpoint.sha256, dataset=dataset.sha256,
-                           options=asdict(replace(options, device=_device_kind(options.device))))
     n = len(dataset)
     start, stop = group.shard(n)
     cached = _cache.load_cached_logits_rows(key) if use_cache else None
     if group.all_true(cached is not None):  # this rank's rows of the entry, read from disk
-        logits, meta, k = cached[0].rows(start, stop), cached[1], int(cached[0].shape[1])
+        logits, k = cached[0].rows(start, stop), int(cached[0].shape[1])
+        meta = {key_: v for key_, v in cached[1].items() if key_ != "checkpoint_metadata"}
     else:
         local = None
         if stop > start:
@@ -220,7 +283,8 @@ def output_shard(
         if use_cache:  # the whole result on rank 0 only, to store it
             whole = group.gather_rows(logits)
             if group.is_main:
-                _cache.store(key, Outputs(logits=whole, labels=None, meta={**meta, "cache": "miss"}))
+                _cache.store(key, Outputs(logits=whole, labels=None,
+                                          meta={**meta, "cache": "miss", **_checkpoint_record(checkpoint)}))
         meta = {**meta, "cache": "miss" if use_cache else "off"}
         if logits is None:
             logits = torch.empty((0, k), dtype=torch.float32)

@@ -198,9 +198,47 @@ class Session:
 
     def outputs(self, checkpoint_path: Path | str) -> tuple[Outputs, Checkpoint]:
         """(Outputs, checkpoint) for one checkpoint on the dataset (logits files need none when they carry
-        their labels)."""
+        their labels). A model whose outputs are in the cache is not loaded: the checkpoint returned is then a
+        :class:`CachedCheckpoint` that loads the model only if something needs it."""
+        hit = self._from_cache(checkpoint_path)
+        if hit is not None:
+            return hit
         checkpoint = self.checkpoint(checkpoint_path)
         return self.run(checkpoint), checkpoint
+
+    def model_key(self, path: Path | str) -> dict[str, Any]:
+        """What identifies the model at ``path`` in the output cache: the file's digest (memoised by path, size
+        and modification time) and how the model is built from it (arch, arch_kwargs, prefix)."""
+        from calibscope.inference.cache import file_digest
+
+        return {"file_sha256": file_digest(path), "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                "prefix": self.prefix}
+
+    def _from_cache(self, path: Path | str) -> tuple[Outputs, Checkpoint] | None:
+        """(Outputs, CachedCheckpoint) when the cache holds this model's outputs on the dataset, else None."""
+        from calibscope.inference import distributed
+        from calibscope.loading.files import sniff
+
+        p = Path(path)
+        if not self.use_cache or self.data_path is None or distributed.current() is not None \
+                or str(p) in self._shared["checkpoints"] or not p.exists():
+            return None
+        if p.is_file() and sniff(p) in ("npz", "npy", "text"):  # logits files are never cached
+            return None
+        from calibscope.inference.pipeline import cached_outputs
+
+        found = cached_outputs(self.model_key(p), self.dataset, self.options, source=f"'{p}'")
+        if found is None:
+            return None
+        outputs, record = found
+        checkpoint = CachedCheckpoint(self, p, record["checkpoint_format"], record["checkpoint_sha256"],
+                                      record["checkpoint_metadata"])
+        self._shared["outputs"][self._run_key(checkpoint)] = outputs
+        return outputs, checkpoint
+
+    def _run_key(self, checkpoint) -> tuple:
+        return (str(checkpoint.path), checkpoint.sha256, str(self.data_path), self.split, self.label_column,
+                self.limit, dataclasses.astuple(self.options), self.use_cache, str(self.labels))
 
     def run(self, checkpoint: Checkpoint) -> Outputs:
         """The outputs of an already loaded checkpoint on this session's dataset (computed once)."""
@@ -211,14 +249,15 @@ class Session:
         needs_data = not (is_logits and checkpoint.labels is not None)
         if needs_data and self.data_path is None:
             raise _no_labels(checkpoint.path) if is_logits else _no_data(checkpoint.path)
-        key = (str(checkpoint.path), checkpoint.sha256, str(self.data_path), self.split, self.label_column, self.limit,
-               dataclasses.astuple(self.options), self.use_cache)
+        key = self._run_key(checkpoint)
         memo = self._shared["outputs"]
         if key not in memo:
             dataset = self.dataset if (needs_data or self.data_path is not None) else None
             if is_logits and self.limit is not None:
                 checkpoint = _limited(checkpoint, self.limit)
-            memo[key] = compute_outputs(checkpoint, dataset, self.options, use_cache=self.use_cache)
+            model_key = None if is_logits or not self.use_cache else self.model_key(checkpoint.path)
+            memo[key] = compute_outputs(checkpoint, dataset, self.options, use_cache=self.use_cache,
+                                        model_key=model_key)
         return memo[key]
 
     def shard_of(self, checkpoint: Checkpoint) -> OutputShard:
@@ -233,7 +272,8 @@ class Session:
                              "labels; store them beside the inputs (y / labels / targets)")
         if distributed.current() is None:
             return as_shard(self.run(checkpoint), checkpoint)
-        return output_shard(checkpoint, self.dataset, self.options, use_cache=self.use_cache)
+        return output_shard(checkpoint, self.dataset, self.options, use_cache=self.use_cache,
+                            model_key=self.model_key(checkpoint.path) if self.use_cache else None)
 
     def output_shard(self, checkpoint_path: Path | str) -> tuple[OutputShard, Checkpoint]:
         """(OutputShard, checkpoint): this process's rows of the outputs (all rows for one process).
@@ -243,10 +283,17 @@ class Session:
         ``.npz``, safetensors), so memory stays bounded whatever the file's size.
         """
         from calibscope.inference import distributed
-        from calibscope.inference.pipeline import output_shard
+        from calibscope.inference.pipeline import as_shard, output_shard
         from calibscope.loading.checkpoint import open_logits_rows
         from calibscope.loading.types import LogitsCheckpoint, LogitsRows
 
+        hit = self._from_cache(checkpoint_path)
+        if hit is not None:
+            outputs, checkpoint = hit
+            if outputs.labels is None:
+                raise InputError(f"'{self.data_path}' has inputs but no labels: calibration compares predictions "
+                                 "with labels; store them beside the inputs (y / labels / targets)")
+            return as_shard(outputs, checkpoint), checkpoint
         threshold = 0 if distributed.current() is not None else _stream_min_bytes()
         checkpoint = open_logits_rows(checkpoint_path, min_bytes=threshold)
         if checkpoint is not None:
@@ -277,6 +324,22 @@ class Session:
         d = self.dataset
         return {"path": str(self.data_path), "sha256": d.sha256, "n": len(d), "format": d.format,
                 "split": d.metadata.get("split")}
+
+
+class CachedCheckpoint:
+    """A model checkpoint known from the output cache (format, digest, the metadata the entry recorded): what
+    a hit needs, without loading the model. ``module`` loads it (once per session) when something needs it."""
+
+    def __init__(self, session: Session, path: Path, format: str, sha256: str, metadata: dict[str, Any]):
+        self._session = session
+        self.path, self.format, self.sha256, self.metadata = path, format, sha256, dict(metadata)
+
+    @property
+    def module(self):
+        return self._session.checkpoint(self.path).module
+
+    def __repr__(self) -> str:
+        return f"CachedCheckpoint({str(self.path)!r}, format={self.format!r})"
 
 
 def _no_data(checkpoint: Path | str) -> NoDataError:
