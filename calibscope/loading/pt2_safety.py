@@ -227,17 +227,22 @@ def _allowed_target(target: str) -> bool:
     return obj is operator.getitem or any(obj is op for op in _SYM_OPS)
 
 
-def _guard_problem(text: Any) -> str | None:
+def _parsed(text: Any, limit: int = _MAX_EXPR_CHARS) -> ast.AST | str:
+    """The expression's tree, or why it is not one torch prints (one short, printable ASCII line, no quotes
+    but single ones, no backslashes or comments)."""
     if not isinstance(text, str):
         return "not a string"
-    if len(text) > _MAX_EXPR_CHARS or not text.isascii() or any(c in text for c in '"\\#\n\r') or \
-            not text.isprintable():
+    if len(text) > limit or not text.isascii() or not text.isprintable() or any(c in text for c in '"\\#'):
         return "characters torch does not print"
     try:
-        tree = ast.parse(text, mode="eval")
+        return ast.parse(text, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "not a Python expression"
-    return _check_guard_node(tree.body)
+        return "not an expression"
+
+
+def _guard_problem(text: Any) -> str | None:
+    tree = _parsed(text)
+    return tree if isinstance(tree, str) else _check_guard_node(tree)
 
 
 def _check_guard_node(node: ast.AST) -> str | None:
@@ -304,15 +309,10 @@ def _is_input(node: ast.AST) -> bool:
 
 def _srepr_problem(text: Any) -> str | None:
     """sympy ``srepr`` text: ``Mul(Integer(2), Symbol('s44', positive=True, integer=True))``."""
-    if not isinstance(text, str):
-        return "not a string"
-    if len(text) > _MAX_EXPR_CHARS or not text.isascii() or any(c in text for c in '"\\#\n\r'):
-        return "characters torch does not print"
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "not an expression"
-    stack: list[ast.AST] = [tree.body]
+    tree = _parsed(text)
+    if isinstance(tree, str):
+        return tree
+    stack: list[ast.AST] = [tree]
     while stack:
         n = stack.pop()
         if isinstance(n, ast.Call):
@@ -351,13 +351,10 @@ def _sympy_singleton(n: ast.AST) -> bool:
 
 def _sympy_str_problem(text: Any) -> str | None:
     """Range-constraint keys: ``str`` of a sympy expression over symbols (``s44``, ``2*s44``, ``s0 + 1``)."""
-    if not isinstance(text, str) or len(text) > 1000 or not text.isascii():
-        return "not a short string"
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "not an expression"
-    stack: list[ast.AST] = [tree.body]
+    tree = _parsed(text, limit=1000)
+    if isinstance(tree, str):
+        return tree
+    stack: list[ast.AST] = [tree]
     while stack:
         n = stack.pop()
         if isinstance(n, ast.Name):
