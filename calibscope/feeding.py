@@ -14,6 +14,7 @@ refuses them (a float MLP on integer features) is fed ``float32`` instead, said 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -157,12 +158,12 @@ def _cut(out: Any, start: int, stop: int) -> Any:
     """Rows ``[start, stop)`` of every ``[B, ...]`` tensor of a (nested) output."""
     if isinstance(out, torch.Tensor):
         return out[start:stop] if out.ndim else out
-    if isinstance(out, Mapping):
-        return type(out)({k: _cut(v, start, stop) for k, v in out.items()}) if isinstance(out, dict) else \
-            {k: _cut(v, start, stop) for k, v in out.items()}
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        out = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    if isinstance(out, Mapping):  # dicts, ModelOutputs, dataclasses: a plain dict (the logits are found the same way)
+        return {k: _cut(v, start, stop) for k, v in out.items()}
     if isinstance(out, (tuple, list)):
-        return type(out)(_cut(v, start, stop) for v in out) if not hasattr(out, "_fields") else \
-            type(out)(*(_cut(v, start, stop) for v in out))
+        return tuple(_cut(v, start, stop) for v in out)
     return out
 
 
@@ -173,7 +174,7 @@ def _concat(parts: list[Any]) -> Any:
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+        return tuple(_concat([p[i] for p in parts]) for i in range(len(first)))
     return first
 
 
