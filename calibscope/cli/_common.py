@@ -82,6 +82,24 @@ OutputOpt = Annotated[str | None, typer.Option("--output", help=HELP["output"], 
 LabelsOpt = Annotated[Path | None, typer.Option("--labels", help=HELP["labels"], show_default=False)]
 PrefixOpt = Annotated[str | None, typer.Option("--prefix", help=HELP["prefix"], show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=HELP["json"])]
+# Where results go besides the terminal (declared once; the commands that produce results take them).
+FORMATS = ("text", "json", "markdown")
+FormatOpt = Annotated[str | None, typer.Option("--format", help="Output on stdout: text (tables, the default), json "
+                                               "(as --json) or markdown (for CI job summaries, e.g. "
+                                               "$GITHUB_STEP_SUMMARY).", show_default=False)]
+LogOpt = Annotated[list[str] | None, typer.Option(
+    "--log", help="Also log the numbers, figures and JSON to an experiment tracker: tensorboard:DIR (event files) "
+                  "or mlflow (the active or a new run in MLflow's configured store; mlflow:URI for another). "
+                  "Repeatable.", show_default=False)]
+
+
+def output_format(format_: str | None, json_: bool) -> str:
+    """The one output format of --format and --json (refuses a contradiction)."""
+    if format_ is not None and format_ not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
+    if json_ and format_ not in (None, "json"):
+        raise InputError(f"--json and --format {format_} contradict each other: pass one")
+    return "json" if json_ else (format_ or "text")
 
 
 def echo_err(message: str) -> None:

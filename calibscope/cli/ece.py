@@ -13,10 +13,12 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    FormatOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -62,6 +64,8 @@ def ece(
     junit: Path | None = typer.Option(None, "--junit", help="Write the gate's result as JUnit XML (shown by "
                                       "GitLab, Jenkins, GitHub test reporters).", show_default=False),
     json_: JsonOpt = False,
+    format_: FormatOpt = None,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Reliability diagrams: "
                                     "reliability_NAME.png/.svg; numbers: ece.json.", show_default=False),
     arch: ArchOpt = None,
@@ -101,9 +105,19 @@ def ece(
         from calibscope.cli._common import check_outputs
 
         check_outputs(files={"--junit": junit, "--bins-csv": bins_csv}, folders={"--out": out})
-        from calibscope.cli._common import display_names, echo_err, pick, project_defaults, session_from_options
+        from calibscope.cli._common import (
+            display_names,
+            echo_err,
+            output_format,
+            pick,
+            project_defaults,
+            session_from_options,
+        )
         from calibscope.errors import GateFailed, InputError
-        from calibscope.render import ece_view
+        from calibscope.render import ece_view, trackers
+
+        shown = output_format(format_, json_)
+        log = trackers.check_trackers(log)
         from calibscope.workflows.calibration import CalibrationSettings, run_calibration
         from calibscope.workflows.gate import ece_gate, read_baseline
         from calibscope.workflows.temperature import temperature_option
@@ -138,8 +152,12 @@ def ece(
             ece_view.write_bins_csv(bins_csv, results)
         if junit is not None:
             ece_view.write_junit(junit, results, gate)
-        if json_:
+        if log:
+            trackers.log_run(log, name="ece", document=doc, figures=ece_view.reliability_figures(results))
+        if shown == "json":
             ece_view.print_json(doc)
+        elif shown == "markdown":
+            print(ece_view.markdown(results, gate=gate), end="")
         else:
             ece_view.print_tables(results, written=written, show_all=all_, gate=gate)
         if not gate.passed:

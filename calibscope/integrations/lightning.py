@@ -39,7 +39,7 @@ from calibscope.integrations._epoch import (  # noqa: E402
     reliability_figure,
     validate_options,
 )
-from calibscope.integrations.trackers import TensorBoardTracker, figure_rgb  # noqa: E402
+from calibscope.render.trackers import TensorBoardTracker, figure_rgb  # noqa: E402
 
 __all__ = ["CalibrationCallback"]
 

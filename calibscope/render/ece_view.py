@@ -80,18 +80,27 @@ def _parent_dir(path: Path) -> None:
         raise InputError(f"cannot write '{path}': the folder '{path.parent}' does not exist")
 
 
+def reliability_figures(results: list[EceResult]) -> list[tuple[str, Any]]:
+    """``(reliability_NAME, Figure)`` for each checkpoint (the diagrams ``--out`` saves and ``--log`` logs)."""
+    from calibscope.render.figures import reliability_diagram
+
+    figures = []
+    for r in results:
+        title = r.name if r.temperature is None else f"{r.name} (T = {r.temperature['value']:.4g})"
+        figures.append((f"reliability_{_slug(r.name)}", reliability_diagram(r.report, title=title)))
+    return figures
+
+
 def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> list[Path]:
     """``out/ece.json``, ``out/reliability_<name>.png|svg`` for each checkpoint and, for several,
     ``out/reliability_overlay.png|svg`` with all curves on one axis (atomic writes)."""
     from calibscope.render.atomic import atomic_write_text
-    from calibscope.render.figures import reliability_diagram, save_figure
+    from calibscope.render.figures import save_figure
     from calibscope.render.json_doc import dumps
 
     _ensure_dir(out)
     written = []
-    for r in results:
-        title = r.name if r.temperature is None else f"{r.name} (T = {r.temperature['value']:.4g})"
-        fig = reliability_diagram(r.report, title=title)
+    for r, (_, fig) in zip(results, reliability_figures(results), strict=True):
         written += save_figure(fig, out / f"reliability_{_slug(r.name)}")
     if len(results) > 1:  # Müller et al. Fig. 2: every model's curve on one axis
         from calibscope.render.figures import reliability_curves
@@ -334,3 +343,42 @@ def print_tables(results: list[EceResult], *, written: list[Path] | None = None,
         console.print(f"Gate {verdict}: " + "; ".join(c.message for c in gate.checks))
     if written:
         console.print(f"[dim]wrote {len(written)} files to {written[0].parent}/[/dim]")
+
+
+# --------------------------------------------------------------------------------------------------------
+# markdown (CI job summaries: $GITHUB_STEP_SUMMARY, merge-request notes)
+# --------------------------------------------------------------------------------------------------------
+
+_MD_COLUMNS = (("n", "n"), ("accuracy", "accuracy"), ("ece", "ECE"), ("mce", "MCE"), ("nll", "NLL"),
+               ("brier", "Brier"))
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(results: list[EceResult], *, gate: Gate | None = None) -> str:
+    """GitHub-flavoured markdown: one row per checkpoint (n, accuracy, ECE, MCE, NLL, Brier, and the change
+    from the baseline when there is one), then one line per gate check, then the verdict; every sentence is
+    made from the numbers above it."""
+    with_baseline = any(r.baseline is not None for r in results)
+    head = [label for _, label in _MD_COLUMNS] + (["Δ ECE vs baseline"] if with_baseline else [])
+    lines = ["### calibscope ece", "", "| checkpoint | " + " | ".join(head) + " |",
+             "|---|" + "---:|" * len(head)]
+    for r in results:
+        values = {"n": str(r.report.n), "accuracy": f"{r.report.accuracy:.4f}", "ece": f"{r.value:.4f}",
+                  "mce": f"{r.report.mce:.4f}", "nll": f"{r.report.nll:.4f}", "brier": f"{r.report.brier:.4f}"}
+        row = [values[key] for key, _ in _MD_COLUMNS]
+        if with_baseline:
+            row.append("—" if r.baseline is None else f"{r.baseline['delta']:+.4f}")
+        lines.append(f"| {_md_escape(r.name)} | " + " | ".join(row) + " |")
+    n_bins = results[0].report.n_bins if results else 15
+    lines += ["", f"ECE: top-label, {n_bins} equal-width bins (Guo et al. 2017)."]
+    if gate is not None and gate.checks:
+        lines.append("")
+        lines += [f"- {'✅' if c.passed else '❌'} {_md_escape(c.message)}" for c in gate.checks]
+        failed = [c for c in gate.checks if not c.passed]
+        lines += ["", f"**Gate passed**: all {len(gate.checks)} checks hold." if not failed else
+                  f"**Gate failed**: {len(failed)} of {len(gate.checks)} checks do not hold "
+                  f"({', '.join(_md_escape(n) for n in gate.failing)})."]
+    return "\n".join(lines) + "\n"

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from calibscope.errors import InputError
-from calibscope.integrations import require
+from calibscope.optional import require
 
-__all__ = ["MLflowTracker", "TensorBoardTracker", "Tracker", "figure_rgb", "open_tracker", "parse_tracker",
-           "scalars"]
+__all__ = ["MLflowTracker", "TensorBoardTracker", "Tracker", "check_trackers", "figure_rgb", "log_run",
+           "open_tracker", "parse_tracker", "scalars"]
 
 TRACKER_HELP = ("Also log the numbers, figures and JSON to an experiment tracker: tensorboard:DIR (event files "
                 "for TensorBoard) or mlflow (the active or a new MLflow run; mlflow:URI for another tracking "
@@ -57,6 +57,38 @@ def open_tracker(spec: str, *, run_name: str | None = None) -> Tracker:
     return MLflowTracker(tracking_uri=where, run_name=run_name)
 
 
+def check_trackers(specs: list[str] | None) -> list[str]:
+    """Parse every ``--log`` spec and import its package now, before any work (exit 2 on a bad one)."""
+    specs = list(specs or [])
+    for spec in specs:
+        kind, where = parse_tracker(spec)
+        if kind == "tensorboard":
+            require("tensorboard", "--log tensorboard")
+            if Path(where).exists() and not Path(where).is_dir():
+                raise InputError(f"--log tensorboard:{where}: not a folder")
+        else:
+            require("mlflow", "--log mlflow")
+    return specs
+
+
+def log_run(specs: list[str] | None, *, name: str, document: Mapping[str, Any],
+            figures: list[tuple[str, Any]] | tuple = ()) -> None:
+    """Log one command's result to every tracker in ``specs``: :func:`scalars` of the document, the figures
+    (``(tag, Figure)`` pairs) and the document itself as ``NAME.json``. Nothing on ``torchrun`` ranks but 0
+    (their writes are discarded, see :func:`calibscope.render.atomic.discarding_writes`)."""
+    from calibscope.render.atomic import _DISCARD
+
+    if not specs or _DISCARD.get():
+        return
+    metrics = scalars(document)
+    for spec in specs:
+        with open_tracker(spec, run_name=f"calibscope {name}") as tracker:
+            tracker.log_metrics(metrics)
+            for tag, figure in figures:
+                tracker.log_figure(tag, figure)
+            tracker.log_document(f"{name}.json", document)
+
+
 def _metric_key(key: str) -> str:
     """MLflow's key alphabet (letters, digits, ``_ - . / space``); TensorBoard takes it as well."""
     return re.sub(r"[^\w\-./ ]", "_", key)
@@ -82,7 +114,9 @@ def scalars(document: Mapping[str, Any], *, prefix: str = "") -> dict[str, float
             return
         if isinstance(value, Mapping):
             for k, v in value.items():
-                if k not in _SKIPPED_KEYS and not str(k).startswith("schema"):
+                if k == "results" and not key:  # the documents' list of results: keyed by the results' names
+                    walk(v, "", depth + 1)
+                elif k not in _SKIPPED_KEYS and not str(k).startswith("schema"):
                     walk(v, f"{key}/{k}" if key else str(k), depth + 1)
             return
         if isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
