@@ -62,5 +62,6 @@ def test_consistency_bands_follow_the_stated_resampling(outputs):
 
 
 def test_ties_are_pooled():
-    r = corp_reliability(torch.tensor([0.6, 0.6, 0.9, 0.9], dtype=torch.float64), torch.tensor([1, 0, 1, 1]), resamples=0)
+    x = torch.tensor([0.6, 0.6, 0.9, 0.9], dtype=torch.float64)
+    r = corp_reliability(x, torch.tensor([1, 0, 1, 1]), resamples=0)
     assert r.x == (0.6, 0.9) and r.recalibrated == (0.5, 1.0) and r.count == (2, 2)
