@@ -47,7 +47,7 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import conformal, ece, hessian, mi, ood, project, report, selective, temperature
+    from calibscope.cli import calibrate, conformal, ece, hessian, mi, ood, project, report, selective, temperature
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
@@ -57,6 +57,7 @@ def _register() -> None:
     app.command(name="conformal", no_args_is_help=True)(conformal.conformal)
     app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
     app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
+    app.command(name="calibrate", no_args_is_help=True)(calibrate.calibrate)
     app.command(name="report", no_args_is_help=True)(report.report)
     app.command(name="compare", no_args_is_help=True)(report.compare)
 
