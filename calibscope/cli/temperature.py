@@ -17,6 +17,7 @@ from calibscope.cli._common import (
     LabelColumnOpt,
     LabelsOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -47,6 +48,7 @@ def temperature(
                                                  "it was fitted) to this JSON file, for `calibscope ece "
                                                  "--temperature-from`.", show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " temperature_sweep.png/.svg "
                                     "(ECE and NLL against T), reliability_before/after, temperature.json.",
                                     show_default=False),
@@ -78,6 +80,9 @@ def temperature(
       calibscope ece model.pt2 --data test.npz --temperature-from t.json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(files={"--save-temperature": save_temperature}, folders={"--out": out})
@@ -97,6 +102,7 @@ def temperature(
         result = run_temperature(session, checkpoint, settings, apply=held_out,
                                  name=display_names([checkpoint])[0])
         doc = view.document(result)
+        trackers.log_run(log, name="temperature", document=doc)
         for w in result.warnings:
             echo_err(f"warning: {w}")
         written = view.write_outputs(out, result, doc) if out is not None else None

@@ -70,3 +70,18 @@ def test_markdown_summary_numbers():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "1347" and float(cells[3]) == pytest.approx(reference, abs=5e-5)
     assert "**Gate passed**: all 1 checks hold." in result.stdout
+
+
+def test_temperature_logs_its_fit(tmp_path):
+    need("tensorboard")
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    result = CliRunner().invoke(app, ["temperature", str(LOGITS), "--log", f"tensorboard:{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    with np.load(LOGITS) as f:
+        z, y = f["logits"].astype(np.float64), f["labels"]
+    nll = minimize_scalar(lambda t: -log_softmax(z / t, axis=1)[np.arange(len(y)), y].mean(), bounds=(0.05, 20),
+                          method="bounded", options={"xatol": 1e-9})
+    scalars, _ = event_scalars(tmp_path)
+    assert scalars["temperature"][0][1] == pytest.approx(nll.x, rel=1e-5)
