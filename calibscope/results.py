@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.diagnostics.calibration import CalibrationMetrics, CalibrationReport
     from calibscope.diagnostics.hessian import HessianRepeats, HessianSpectrum
-    from calibscope.diagnostics.mutual_information import LogitGapMutualInformation
+    from calibscope.diagnostics.mutual_information import AugmentationCheck, LogitGapMutualInformation
     from calibscope.diagnostics.ood import OodReport
     from calibscope.diagnostics.projection import PlaneProjection
     from calibscope.diagnostics.selective import SelectiveReport
@@ -241,6 +241,7 @@ class MiResult:
     x: float | None  # numeric x position (epoch, step) when every label has one, else None
     estimate: LogitGapMutualInformation
     inference: dict[str, Any] = field(default_factory=dict)
+    check: AugmentationCheck | None = None  # accuracy and prediction agreement under the augmentation
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def mi(
             checkpoints = sorted(checkpoints, key=natural_key)
         run = run_mi(session, checkpoints, settings, names=display_names(checkpoints), labels=x_labels)
         for note in run.notes:
-            echo_err(f"note: {note}")
+            echo_err(note if note.startswith("warning:") else f"note: {note}")
         results = list(run.results)
         doc = mi_view.document(results, run.settings)
         written = mi_view.write_outputs(out, results, run.settings, doc) if out is not None else None

@@ -59,7 +59,9 @@ def document(results: Sequence[MiResult], settings: MiMeasurement) -> dict[str, 
         },
         "results": [
             {"name": r.name, "checkpoint": str(r.path), "format": r.format, "label": r.label, "x": r.x,
-             "inference": r.inference, **report_to_dict(r.estimate)}
+             "inference": r.inference, **report_to_dict(r.estimate),
+             "premise": None if r.check is None else {**report_to_dict(r.check),
+                                                      "premise_holds": r.check.premise_holds}}
             for r in results
         ],
         "definition": {
@@ -244,13 +246,22 @@ def print_tables(results: Sequence[MiResult], settings: MiMeasurement, *, writte
     table.add_column("Checkpoint")
     table.add_column("Î (nats)", justify="right")
     table.add_column("spread", justify="right")
-    table.add_column("Î (bits)", justify="right")
     table.add_column("Î / log N", justify="right")
     table.add_column("σ² (gap)", justify="right")
+    checked = any(r.check is not None for r in results)
+    if checked:
+        table.add_column("acc aug.", justify="right")
+        table.add_column("agree", justify="right")
     for r in results:
         e = r.estimate
-        table.add_row(r.label, f"{e.nats:.4f}", _spread(e.spread_nats), f"{e.bits:.4f}",
-                      f"{e.nats / e.ceiling_nats:.3f}", f"{e.sigma2:.4g}")
+        cells = [r.label, f"{e.nats:.4f}", _spread(e.spread_nats),
+                 f"{e.nats / e.ceiling_nats:.3f}", f"{e.sigma2:.4g}"]
+        if checked:
+            c = r.check
+            cells += ["—", "—"] if c is None else [
+                f"{100 * c.augmented_accuracy:.0f}%",
+                f"{100 * c.agreement:.0f}%" + ("" if c.premise_holds else " [red]✗[/red]")]
+        table.add_row(*cells)
     console.print(table)
     ceiling = results[0].estimate.ceiling_nats if results else float("nan")
     console.print(f"[dim]ceiling log N = {ceiling:.4f} nats; log 2 = {_LN2:.4f} (only the class is known); "

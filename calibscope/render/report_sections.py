@@ -155,7 +155,7 @@ def summary_table(report: Report) -> tuple[list[str], list[Row]]:
         rows.append(Row("lambda1", "Hessian λ1", tuple(
             _num(sig(by[n].spectrum.eigenvalues[0]), by[n].spectrum.eigenvalues[0], "summary.lambda1", n)
             if n in by else _na(n, "summary.lambda1") for n in names),
-            hint="top eigenvalue, training loss; lower = flatter"))
+            hint="top eigenvalue of the training loss; compare at matched training loss"))
         rows.append(Row("ratio", f"λ1/λ{k}", tuple(
             _num(sig(by[n].spectrum.ratio, 4), by[n].spectrum.ratio, "summary.ratio", n)
             if n in by else _na(n, "summary.ratio") for n in names)))
@@ -645,6 +645,11 @@ def _projection(section: Section, report: Report, embed: FigureEmbedder) -> str:
                 value = getattr(hit.projection.statistics, attr)
                 return _num(f"{value:.4f}", value, key, r.name)
             spec.append((key, f"{label} ({split})", fn))
+    from calibscope.render.findings import projection_finding
+
+    findings = [projection_finding(results, split) for split in splits]
+    if any(findings):
+        out.append("<p>" + esc(" ".join(f for f in findings if f)) + "</p>")
     table = table_html(["", *names], _model_rows(names, spec, by))
     fig = projection_figure(results, choice, panel_size=2.6)
     out.append(_duo(table, embed.html(fig, alt="Penultimate-layer plane projections",
@@ -672,8 +677,8 @@ def _mi(section: Section, report: Report, embed: FigureEmbedder) -> str:
         f"augmentation (Müller et al. 2019 §4, App. A.2): N = {n} examples ({settings.examples[0]} + "
         f"{settings.examples[1]}) × L = {settings.draws} draws × "
         f"{settings.repetitions} repetitions; augmentation: {settings.augmentation}; seed {settings.seed}. "
-        f"Between 0 and log N = {ceiling:.3f} nats; "
-        "hard targets keep examples apart (high), label smoothing erases them (low). With L = "
+        f"Between 0 and log N = {ceiling:.3f} nats: log N when every example keeps its own gap, log 2 when only "
+        "the class is left. With L = "
         f"{settings.draws} the estimate is biased upwards by about {1 / (2 * settings.draws):.2f} nats.") + "</p>"]
     spec: list[tuple[str, str, Callable[[Any], Cell | None]]] = [
         ("mi.nats", "Î (nats)", lambda r: _num(f"{r.estimate.nats:.4f}", r.estimate.nats, "mi.nats", r.name)),
@@ -687,6 +692,16 @@ def _mi(section: Section, report: Report, embed: FigureEmbedder) -> str:
         ("mi.sigma2", "σ² of the gap", lambda r: _num(sig(r.estimate.sigma2, 4), r.estimate.sigma2, "mi.sigma2",
                                                      r.name)),
     ]
+    from calibscope.render.findings import mi_finding
+
+    finding = mi_finding(results)
+    if finding:
+        out.append("<p>" + esc(finding) + "</p>")
+    for r in results:
+        if getattr(r, "check", None) is not None and not r.check.premise_holds:
+            out.append(note_html(f"{r.name}: under {settings.augmentation} only {100 * r.check.agreement:.1f} % of "
+                                 "the draws keep the unaugmented prediction; use an augmentation the model was "
+                                 "trained with, or a weaker one"))
     table = table_html(["", *names], _model_rows(names, spec, by))
     fig = mi_figure(results, settings)
     out.append(_duo(table, embed.html(fig, alt="Logit-gap mutual information",
@@ -710,7 +725,12 @@ def _hessian(section: Section, report: Report, embed: FigureEmbedder) -> str:
         f"Largest eigenvalues of the Hessian of the training loss (mean cross-entropy over {st.examples:,} "
         f"seeded examples, seed {st.seed}, model in eval mode, fp32 with TF32 off), by Lanczos with full "
         f"reorthogonalisation until every residual ≤ {st.tol:g}·|λ|. SAM (Foret et al. 2021) reports λ1 and "
-        "λ1/λ5: lower means a flatter minimum.") + "</p>"]
+        "λ1/λ5; both depend on the training loss they are measured at, given in the table.") + "</p>"]
+    from calibscope.render.findings import hessian_finding
+
+    finding = hessian_finding(results)
+    if finding:
+        out.append("<p>" + esc(finding) + "</p>")
     spec: list[tuple[str, str, Callable[[Any], Cell | None]]] = []
     for i in range(k):
         def fn(r: Any, i: int = i) -> Cell | None:
@@ -737,7 +757,7 @@ def _hessian(section: Section, report: Report, embed: FigureEmbedder) -> str:
     ]
     table = table_html(["", *names], _model_rows(names, spec, by))
     out.append(_duo(table, embed.html(eigenvalue_figure(results), alt="Top Hessian eigenvalues",
-                                   caption="λ1…λk per model (log scale when all are positive).")))
+                                   caption="λ1…λk per model (log scale when they span more than 20×).")))
     for r in results:
         if not r.spectrum.converged:
             out.append(note_html(f"{r.name}: not converged after {r.spectrum.n_hvp} Hessian-vector products; the "

@@ -70,6 +70,7 @@ def run_mi(session: Session, checkpoints: Sequence[Path | str], settings: MiSett
     a numeric axis when each has a number, e.g. ``epoch_12``).
     """
     from calibscope.diagnostics.mutual_information import (
+        augmentation_check,
         class_pair_examples,
         logit_gap_mutual_information,
         logit_gaps,
@@ -119,8 +120,11 @@ def run_mi(session: Session, checkpoints: Sequence[Path | str], settings: MiSett
         run = augmented_logits(checkpoint.module, chosen, augmentation=augmentation, draws=s.draws,
                                repetitions=s.repetitions, seed=s.seed, options=plain.options_for(checkpoint))
         estimate = logit_gap_mutual_information(logit_gaps(run.logits, pair))
+        check = augmentation_check(run.clean_logits, run.logits, chosen_labels)
+        if not check.premise_holds:
+            notes.append(premise_warning(name, check, augmentation.describe()))
         provenance = {**run.meta, "checkpoint_sha256": checkpoint.sha256, "dataset_sha256": dataset.sha256}
-        results.append(MiResult(name, path, checkpoint.format, label, x, estimate, provenance))
+        results.append(MiResult(name, path, checkpoint.format, label, x, estimate, provenance, check))
     measured = Measured(
         classes=pair, class_names=tuple(_name(k, class_names) for k in pair), examples=counts,
         requested_per_class=s.examples, draws=s.draws, repetitions=s.repetitions,
@@ -131,6 +135,15 @@ def run_mi(session: Session, checkpoints: Sequence[Path | str], settings: MiSett
 # --------------------------------------------------------------------------------------------------------
 # inputs (no math)
 # --------------------------------------------------------------------------------------------------------
+
+
+def premise_warning(name: str, check, augmentation: str) -> str:
+    """The warning when the augmentation changes the training predictions (Müller et al.'s d(·) is one the
+    network was trained with; see :func:`~calibscope.diagnostics.mutual_information.augmentation_check`)."""
+    return (f"warning: {name}: under {augmentation} only {100 * check.agreement:.1f} % of the draws keep the "
+            f"unaugmented prediction (accuracy {100 * check.accuracy:.1f} % → {100 * check.augmented_accuracy:.1f} "
+            f"%; premise: ≥ {100 * check.min_agreement:.0f} %): Î then measures the augmentation, not the model. "
+            "Use one the model was trained with or a weaker one (e.g. --augment noise:0.02, --shift 1 --no-flip)")
 
 
 def natural_key(path: Path | str) -> list:

@@ -425,3 +425,15 @@ def test_default_augmentation_is_noise_and_paper_is_shift_and_flip():
         augmentation_from_options(None, input_shape=(10, 7), input_dtype=torch.int64)
     with pytest.raises(InputError, match="not images"):
         augmentation_from_options("paper", input_shape=(10, 5), input_dtype=torch.float32)
+
+
+def test_cli_warns_when_the_augmentation_changes_the_training_predictions():
+    shifted = invoke(HARD, "--data", TRAIN, "--classes", "3,5", "--augment", "paper", "--no-flip", "--draws", 2,
+                     "--repetitions", 1, "--json")
+    assert shifted.exit_code == 0, shifted.output
+    assert "warning: digits_hard.ts" in shifted.stderr and "not the model" in shifted.stderr
+    premise = json.loads(shifted.stdout)["results"][0]["premise"]
+    assert premise["premise_holds"] is False and premise["agreement"] < 0.9
+    noisy = invoke(HARD, "--data", TRAIN, "--classes", "3,5", "--draws", 2, "--repetitions", 1, "--json")
+    assert noisy.exit_code == 0 and "warning" not in noisy.stderr
+    assert json.loads(noisy.stdout)["results"][0]["premise"]["premise_holds"] is True
