@@ -47,7 +47,19 @@ def _root(
 
 
 def _register() -> None:
-    from calibscope.cli import calibrate, conformal, ece, hessian, mi, ood, project, report, selective, temperature
+    from calibscope.cli import (
+        calibrate,
+        conformal,
+        distill,
+        ece,
+        hessian,
+        mi,
+        ood,
+        project,
+        report,
+        selective,
+        temperature,
+    )
 
     app.command(name="ece", no_args_is_help=True)(ece.ece)
     app.command(name="project", no_args_is_help=True)(project.project)
@@ -58,6 +70,7 @@ def _register() -> None:
     app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
     app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
     app.command(name="calibrate", no_args_is_help=True)(calibrate.calibrate)
+    app.command(name="distill", no_args_is_help=True)(distill.distill)
     app.command(name="report", no_args_is_help=True)(report.report)
     app.command(name="compare", no_args_is_help=True)(report.compare)
 
