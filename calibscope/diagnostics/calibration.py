@@ -622,6 +622,7 @@ def expected_calibration_error(
 # element blocks that spill the cache. CUDA: large blocks, one mixed-dtype kernel per step.
 
 _ROW_CHUNK_ELEMENTS = {"cuda": 1 << 25, "cpu": 1 << 16}
+_CPU_THREADED_BLOCK_ELEMENTS = 1 << 20
 _COMPILED: dict[str, Any] = {}
 
 
@@ -673,8 +674,10 @@ def _confidence_and_prediction(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     n, k = logits.shape
     elements = _ROW_CHUNK_ELEMENTS.get(logits.device.type, 1 << 25)
-    if logits.device.type == "cpu":  # a block per thread: fewer, larger parallel steps on a multi-core CPU
-        elements *= max(1, torch.get_num_threads())
+    if logits.device.type == "cpu" and torch.get_num_threads() > 1:
+        # several threads meet at a barrier after every step: blocks that live in L3 rather than L2 keep the
+        # number of steps small (2**16-element blocks under a busy 2-core machine: 15× the floor, not 2×)
+        elements = _CPU_THREADED_BLOCK_ELEMENTS
     rows = max(1, elements // max(k, 1))
     if logits.device.type == "cpu":
         zmax, prediction, s0 = _top_label_blocks_cpu(logits, rows)
@@ -956,6 +959,9 @@ def _classwise_ece(count: torch.Tensor, sum_probability: torch.Tensor, sum_label
     return ((sum_label - sum_probability).abs().sum((-2, -1)) / n) / count.shape[-2]
 
 
+_EXP_UNDERFLOW = 746.0  # math.exp(-746.0) == 0.0 in float64
+
+
 def _periodic_gaussian_spectrum(sigma: torch.Tensor, grid: int) -> torch.Tensor:
     """rfft of φ_σ summed over its images x − 2m (period 2) and sampled at the 2G points j / G, for each σ
     of ``sigma`` ``[R]``: ``[R, G + 1]``.
@@ -965,8 +971,19 @@ def _periodic_gaussian_spectrum(sigma: torch.Tensor, grid: int) -> torch.Tensor:
     """
     k = torch.arange(grid + 1, dtype=_F64, device=sigma.device)
     scale = math.pi * sigma[:, None]
-    return grid * (torch.exp(-0.5 * (scale * k) ** 2) + torch.exp(-0.5 * (scale * (2 * grid - k)) ** 2)
-                   + torch.exp(-0.5 * (scale * (2 * grid + k)) ** 2))
+    # exp(−x) is exactly 0.0 in float64 for x > 746: only the columns where some row is above that are
+    # computed (bit for bit the same values; for σ ≳ 0.003 this skips most of the grid and all aliases)
+    smallest = float(scale.min()) if scale.numel() else 0.0
+    reach = math.inf if smallest <= 0 else math.sqrt(2 * _EXP_UNDERFLOW) / smallest  # |πσ j| beyond: 0.0
+    out = torch.zeros(sigma.shape[0], grid + 1, dtype=_F64, device=sigma.device)
+    head = int(min(grid + 1, math.floor(reach) + 1))
+    out[:, :head] = torch.exp(-0.5 * (scale * k[:head]) ** 2)
+    tail = int(max(0, math.ceil(2 * grid - reach)))  # columns k ≥ tail may have a 2G − k alias above 0.0
+    if tail <= grid:
+        out[:, tail:] += torch.exp(-0.5 * (scale * (2 * grid - k[tail:])) ** 2)
+    if 2 * grid <= reach:
+        out += torch.exp(-0.5 * (scale * (2 * grid + k)) ** 2)
+    return grid * out
 
 
 def _smooth_ece_at(spectrum: torch.Tensor, n: torch.Tensor | float, sigma: torch.Tensor | float,

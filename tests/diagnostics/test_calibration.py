@@ -128,6 +128,7 @@ def test_cache_sized_blocks_equal_numpy_with_ties(monkeypatch):
     z[::11, 5] = -math.inf
     labels[::7] = 3
     monkeypatch.setattr(calibration, "_ROW_CHUNK_ELEMENTS", {"cpu": 13 * 10, "cuda": 1 << 25})
+    monkeypatch.setattr(calibration, "_CPU_THREADED_BLOCK_ELEMENTS", 13 * 10)
     ref = numpy_reference(z.numpy(), labels.numpy())
     for norm in ("l1", "l2", "max"):
         assert expected_calibration_error(z, labels, norm=norm) == pytest.approx(ref[norm], abs=1e-12)
