@@ -5,6 +5,8 @@ Scripts run as ``python benchmarks/NAME.py``, so this module is imported as ``_s
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -52,3 +54,21 @@ def devices(choice: str) -> Iterator[torch.device]:
             print("--- cuda: not available, skipped")
             continue
         yield torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device: torch.device, repeats: int) -> float:
+    """Best of ``repeats`` timings after a warm-up (robust to other processes on a shared machine)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -14,7 +14,6 @@ import argparse
 import math
 import os
 import sys
-import time
 import traceback
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _shared import ResNet18  # noqa: E402
+from _shared import best_time as best  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -29,23 +29,6 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def row(check: str, figure: str, target: str, ok: bool | None) -> None:
     status = "n/a" if ok is None else ("pass" if ok else "FAIL")
     print(f"| {check} | {figure} | {target} | {status} |", flush=True)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best(fn, device, repeats=3):
-    fn()
-    out = math.inf
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out = min(out, time.perf_counter() - t0)
-    return out
 
 
 def check_engine(device, dry):

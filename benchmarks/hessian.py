@@ -20,12 +20,13 @@ Runs on CUDA when present (ResNet-18 at full width, 32×32, batch 256) and alway
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from _shared import ResNet18
+from _shared import best_time as _timed
+from _shared import sync as _sync
 
 from calibscope.diagnostics.hessian import (
     HessianOperator,
@@ -33,24 +34,6 @@ from calibscope.diagnostics.hessian import (
     select_parameters,
     top_hessian_eigenvalues,
 )
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, repeats):
-    """Best of ``repeats`` timings after a warm-up (robust to other processes on a shared machine)."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def power_iteration_top(op: HessianOperator, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: int = 0):
