@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.calibscope-installed
 SAMPLES := sample_checkpoints
 
-.PHONY: setup demo test lint bench samples clean
+.PHONY: setup demo test lint bench samples docs clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# docs/cli.md from the Typer app (Typer's own generator), docs/api.md from the docstrings (tests check both)
+docs: $(STAMP)
+	$(BIN)/typer calibscope.cli utils docs --name calibscope --output docs/cli.md
+	$(BIN)/python scripts/api_docs.py > docs/api.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check calibscope tests scripts benchmarks

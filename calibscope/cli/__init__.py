@@ -6,14 +6,91 @@ Exit codes: 0 success · 1 a gate failed (e.g. ``--max-ece``) · 2 bad input or 
 
 from __future__ import annotations
 
+import re
+
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+
+def _reflow(text: str | None) -> str | None:
+    """Docstring paragraphs as one line each (Rich keeps single newlines); indented lines (examples) stay."""
+    if not text:
+        return text
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text.strip()):
+        lines = paragraph.split("\n")
+        out.append(paragraph if any(line.startswith(" ") for line in lines) else " ".join(lines))
+    return "\n\n".join(out)
+
+
+def _polish(command) -> None:
+    """Help that reads well: no ``<bool>`` on plain flags, arguments named in capitals (``CHECKPOINTS...``), not
+    by their Python type (``<list[Path]>``), list options shown as ``TYPE...``, paragraphs reflowed."""
+    command.help = _reflow(command.help)
+    for param in command.params:
+        if getattr(param, "help", None):  # "[default: …]" written in a help text is text, not Rich markup
+            param.help = re.sub(r"(?<!\\)\[default", r"\\[default", param.help)
+        if isinstance(param, TyperOption):
+            if not param.is_flag and param.default is not None and "default" not in (param.help or "").lower():
+                param.show_default = True  # every default shown
+            if param.is_flag:
+                param.metavar = ""
+            elif param.type_descriptor.is_list:
+                param.metavar = "<" + param.type_descriptor.annotation.__args__[0].__name__.lower() + ">..."
+        elif isinstance(param, TyperArgument):
+            param.metavar = param.name.upper()
+            param.display_type_rich = lambda ctx: None  # the name says it; no Python type
+
+
+def _usage(command, ctx) -> list[str]:
+    pieces = [command.options_metavar] if command.options_metavar and command.get_params(ctx) else []
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperArgument):
+            name = param.name.upper() + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+    return pieces
+
+
+def _help_option(option):
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class HelpCommand(TyperCommand):
+    """A command whose --help is polished (see :func:`_polish`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _polish(self)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return _usage(self, ctx)
+
+    def get_help_option(self, ctx):
+        return _help_option(super().get_help_option(ctx))
+
+
+class HelpGroup(TyperGroup):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _polish(self)
+
+    def get_help_option(self, ctx):
+        return _help_option(super().get_help_option(ctx))
+
 
 app = typer.Typer(
     name="calibscope",
+    cls=HelpGroup,
     help=(
-        "How trustworthy is a trained classifier? Loads any checkpoint (.pt2, TorchScript, state_dict + "
-        "--arch, safetensors, logits files) and a dataset, runs the model once in big batches, and measures "
-        "calibration (ECE with 15 bins, NLL, Brier, reliability diagrams).\n\n"
+        "How trustworthy is a trained classifier? Loads any checkpoint (.pt2, TorchScript, state_dict + --arch, "
+        "safetensors, Hugging Face, ONNX, logits files) and a dataset, runs the model once in big batches (the "
+        "outputs are cached: the next command on the same inputs does not run it again) and measures: "
+        "calibration and the CI gate (ece), temperature scaling (temperature), selective classification "
+        "(selective), conformal prediction sets (conformal), post-hoc calibrators (calibrate), out-of-distribution detection (ood), Müller et al.'s "
+        "penultimate-layer projections (project) and logit-gap mutual information (mi), SAM's top Hessian "
+        "eigenvalues (hessian), and all of them in one HTML page (report, compare).\n\n"
         "Exit codes: 0 ok, 1 a gate failed (--max-ece), 2 bad input or usage, 3 internal error."
     ),
     no_args_is_help=True,
@@ -46,33 +123,28 @@ def _root(
         raise typer.Exit(0)
 
 
-def _register() -> None:
-    from calibscope.cli import (
-        calibrate,
-        conformal,
-        distill,
-        ece,
-        hessian,
-        mi,
-        ood,
-        project,
-        report,
-        selective,
-        temperature,
-    )
+# (name, module, function): every command, in the order --help lists them
+COMMANDS = (
+    ("ece", "ece", "ece"),
+    ("temperature", "temperature", "temperature"),
+    ("calibrate", "calibrate", "calibrate"),
+    ("selective", "selective", "selective"),
+    ("conformal", "conformal", "conformal"),
+    ("ood", "ood", "ood"),
+    ("project", "project", "project"),
+    ("mi", "mi", "mi"),
+    ("hessian", "hessian", "hessian"),
+    ("report", "report", "report"),
+    ("compare", "report", "compare"),
+)
 
-    app.command(name="ece", no_args_is_help=True)(ece.ece)
-    app.command(name="project", no_args_is_help=True)(project.project)
-    app.command(name="mi", no_args_is_help=True)(mi.mi)
-    app.command(name="ood", no_args_is_help=True)(ood.ood)
-    app.command(name="selective", no_args_is_help=True)(selective.selective)
-    app.command(name="conformal", no_args_is_help=True)(conformal.conformal)
-    app.command(name="hessian", no_args_is_help=True)(hessian.hessian)
-    app.command(name="temperature", no_args_is_help=True)(temperature.temperature)
-    app.command(name="calibrate", no_args_is_help=True)(calibrate.calibrate)
-    app.command(name="distill", no_args_is_help=True)(distill.distill)
-    app.command(name="report", no_args_is_help=True)(report.report)
-    app.command(name="compare", no_args_is_help=True)(report.compare)
+
+def _register() -> None:
+    import importlib
+
+    for name, module, function in COMMANDS:
+        fn = getattr(importlib.import_module(f"calibscope.cli.{module}"), function)
+        app.command(name=name, no_args_is_help=True, cls=HelpCommand)(fn)
 
 
 _register()

@@ -38,10 +38,12 @@ def ece(
         ..., help="One or more checkpoints (.pt2, TorchScript, state_dict, safetensors, logits file), "
                   "compared side by side.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
-    bins: int | None = typer.Option(None, "--bins", help="Number of equal-width confidence bins [default: 15, "
-                                    "as in Guo et al. 2017 and Müller et al. 2019].", show_default=False),
+    bins: int | None = typer.Option(None, "--bins", help="Number of equal-width confidence bins "
+                                    f"[default: {DEFAULT_BINS}, as in Guo et al. 2017 and Müller et al. 2019].",
+                                    show_default=False),
     norm: str | None = typer.Option(None, "--norm", help="Which ECE is reported as `ece` and gated: l1 (the "
-                                    "usual ECE), l2 (RMS) or max (MCE) [default: l1].", show_default=False),
+                                    f"usual ECE), l2 (RMS) or max (MCE) [default: {DEFAULT_NORM}].",
+                                    show_default=False),
     all_: bool = typer.Option(False, "--all", help="Show every metric: also ℓ2 and debiased ℓ2 ECE (Kumar "
                               "2019), ACE (equal-mass bins), classwise ECE (SCE) and smooth ECE."),
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap confidence intervals from N resamples of "

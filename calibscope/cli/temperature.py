@@ -43,7 +43,7 @@ def temperature(
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="Which temperature to choose: nll (the exact "
                                   "NLL optimum, Guo et al.) or ece (the ECE optimum, by search)."),
     bins: int | None = typer.Option(None, "--bins", help="Number of equal-width confidence bins for ECE "
-                                    "[default: 15].", show_default=False),
+                                    f"[default: {DEFAULT_BINS}].", show_default=False),
     save_temperature: Path | None = typer.Option(None, "--save-temperature", help="Write the result (T and how "
                                                  "it was fitted) to this JSON file, for `calibscope ece "
                                                  "--temperature-from`.", show_default=False),

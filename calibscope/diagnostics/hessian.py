@@ -36,8 +36,8 @@ Published reference points (Foret et al. 2021, WRN without BatchNorm): :math:`\\
 
 Example::
 
-    >>> spectrum = top_hessian_eigenvalues(model, images, labels, top=5, mean=(0.31,), std=(0.377,))
-    >>> spectrum.eigenvalues, spectrum.n_hvp
+    spectrum = top_hessian_eigenvalues(model, images, labels, top=5, mean=(0.31,), std=(0.377,))
+    spectrum.eigenvalues, spectrum.n_hvp
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def load_checkpoint(
 
     Example::
 
-        >>> ckpt = load_checkpoint("digits.safetensors")
+        >>> ckpt = load_checkpoint("sample_checkpoints/digits_hard.safetensors")
         >>> ckpt.format, ckpt.metadata["arch"]
         ('safetensors', 'calibscope.models:DigitsCNN')
     """

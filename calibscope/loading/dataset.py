@@ -114,9 +114,9 @@ def load_dataset(
 
     Example::
 
-        >>> ds = load_dataset("cifar-10-batches-py", limit=100)
-        >>> ds.inputs.shape, ds.inputs.dtype, ds.class_names[:2]
-        (torch.Size([100, 3, 32, 32]), torch.uint8, ('airplane', 'automobile'))
+        >>> ds = load_dataset("sample_checkpoints/digits_test.npz", limit=100)
+        >>> ds.inputs.shape, ds.inputs.dtype, ds.labels[:5].tolist()
+        (torch.Size([100, 1, 8, 8]), torch.uint8, [0, 1, 3, 4, 5])
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise InputError(f"Expected `limit` to be an integer larger than 0, but got {limit!r}")

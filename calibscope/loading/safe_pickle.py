@@ -19,8 +19,7 @@ each element it really holds with at least one byte).
 
 Example::
 
-    >>> safe_load("cifar-10-batches-py/test_batch")["data"].shape
-    (10000, 3072)
+    safe_load("cifar-10-batches-py/test_batch")["data"].shape   # (10000, 3072)
 """
 
 from __future__ import annotations
