@@ -89,6 +89,7 @@ app = typer.Typer(
         "outputs are cached: the next command on the same inputs does not run it again) and measures: "
         "calibration and the CI gate (ece), temperature scaling (temperature), selective classification "
         "(selective), conformal prediction sets (conformal), post-hoc calibrators (calibrate), "
+        "soft targets for distillation (distill), "
         "out-of-distribution detection (ood), Müller et al.'s "
         "penultimate-layer projections (project) and logit-gap mutual information (mi), SAM's top Hessian "
         "eigenvalues (hessian), and all of them in one HTML page (report, compare).\n\n"
@@ -129,6 +130,7 @@ COMMANDS = (
     ("ece", "ece", "ece"),
     ("temperature", "temperature", "temperature"),
     ("calibrate", "calibrate", "calibrate"),
+    ("distill", "distill", "distill"),
     ("selective", "selective", "selective"),
     ("conformal", "conformal", "conformal"),
     ("ood", "ood", "ood"),
