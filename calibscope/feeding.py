@@ -95,6 +95,10 @@ class KeywordInputs:
     def __len__(self) -> int:
         return int(self.primary.shape[0])
 
+    def numel(self) -> int:
+        """Elements of all the named tensors together (e.g. of one example, ``inputs[0].numel()``)."""
+        return sum(int(t.numel()) for t in self.tensors.values())
+
     def to(self, *args: Any, **kwargs: Any) -> KeywordInputs:
         return KeywordInputs({k: t.to(*args, **kwargs) for k, t in self.tensors.items()})
 
