@@ -20,6 +20,7 @@ import numpy as np
 
 from calibscope.errors import InputError
 from calibscope.loading import files
+from calibscope.loading.logits_csv import is_number as _is_number
 
 __all__ = ["load_labels"]
 
@@ -129,11 +130,3 @@ def _as_indices(p: Path, a: Any, class_names: Any) -> Any:
         i = int(np.flatnonzero(a < 0)[0])
         raise InputError(f"{where}: label {i} is {a[i].item()!r}; class indices are ≥ 0")
     return a.astype(np.int64)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -55,7 +55,7 @@ def read_logits_csv(p: Path) -> CsvLogits:
         raise InputError(f"{display(p)} is empty; expected a CSV with a header row")
     delimiter = _delimiter(lines[header_index])
     header = [h.strip() for h in next(csv.reader([lines[header_index]], delimiter=delimiter))]
-    if all(_is_number(h) for h in header):
+    if all(is_number(h) for h in header):
         raise InputError(f"{display(p)} has no header row; add one naming the columns, e.g. "
                          "'logit_0,logit_1,…,label' (a label/labels/y/target column holds the labels)")
     label_columns = [i for i, h in enumerate(header) if h.lower() in LABEL_COLUMNS]
@@ -167,7 +167,8 @@ def _cells(p: Path, text: str, lines: list[str], header_index: int, header: list
     return values, (np.asarray(names, dtype=str) if textual else values[:, label])
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV cell reads as a float."""
     try:
         float(text)
     except ValueError:
