@@ -57,6 +57,9 @@ def ece(
     temperature_from: Path | None = typer.Option(None, "--temperature-from", help="Read the temperature from a "
                                                  "file written by `calibscope temperature --save-temperature`.",
                                                  show_default=False),
+    calibrator: Path | None = typer.Option(None, "--calibrator", help="Pass the logits through a calibrator "
+                                           "written by `calibscope calibrate -o FILE.json` first.",
+                                           show_default=False),
     max_ece: float | None = typer.Option(None, "--max-ece", help="Gate: exit 1 if any checkpoint's ECE is "
                                          "above this (e.g. 0.05).", show_default=False),
     baseline: Path | None = typer.Option(None, "--baseline", help="An earlier `calibscope ece --json` document "
@@ -120,6 +123,7 @@ def ece(
 
         shown = output_format(format_, json_)
         log = trackers.check_trackers(log)
+        from calibscope.workflows.calibrate import read_calibrator
         from calibscope.workflows.calibration import CalibrationSettings, run_calibration
         from calibscope.workflows.gate import ece_gate, read_baseline
         from calibscope.workflows.temperature import temperature_option
@@ -127,7 +131,9 @@ def ece(
         defaults = project_defaults()
         settings = CalibrationSettings(n_bins=pick(bins, defaults, "bins", DEFAULT_BINS),
                                        norm=pick(norm, defaults, "norm", DEFAULT_NORM), bootstrap=bootstrap,
-                                       seed=seed, temperature=temperature_option(temperature, temperature_from))
+                                       seed=seed, temperature=temperature_option(temperature, temperature_from),
+                                       calibrator=None if calibrator is None else read_calibrator(calibrator),
+                                       calibrator_source=None if calibrator is None else str(calibrator))
         gate_ece = pick(max_ece, defaults, "max_ece", None)
         baseline_path = pick(baseline, defaults, "baseline", None)
         increase = pick(max_increase, defaults, "max_increase", None)

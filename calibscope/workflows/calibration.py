@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
 from calibscope.diagnostics.defaults import DEFAULT_BINS
@@ -36,15 +36,20 @@ HEADLINE = {"l1": "ece", "l2": "ece_l2", "max": "mce"}  # the metric that `ece` 
 class CalibrationSettings:
     """``n_bins`` equal-width bins; ``norm`` picks the headline ECE (l1, l2 or max = MCE); ``bootstrap``
     resamples for 95 % intervals (0 = none, else ≥ 200) with ``seed``; ``temperature``: divide the logits by
-    this fixed T first."""
+    this fixed T first; ``calibrator``: a fitted :class:`~calibscope.diagnostics.calibrators.Calibrator`
+    (from ``calibscope calibrate -o FILE.json``) that the logits pass through first."""
 
     n_bins: int = DEFAULT_BINS
     norm: str = DEFAULT_NORM
     bootstrap: int = 0
     seed: int = 0
     temperature: FixedTemperature | None = None
+    calibrator: Any = None
+    calibrator_source: str | None = None
 
     def __post_init__(self) -> None:
+        if self.calibrator is not None and self.temperature is not None:
+            raise ArgumentError("calibrator", "`calibrator` and `temperature` both transform the logits; give one")
         if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or self.n_bins < 1:
             raise ArgumentError("n_bins", f"`n_bins` must be a positive integer, got {self.n_bins}")
         if self.norm not in NORMS:
@@ -79,6 +84,13 @@ def run_calibration(session: Session, checkpoint: Path | str, settings: Calibrat
     s = settings or CalibrationSettings()
     path = Path(checkpoint)
     fixed_t = s.temperature
+    if s.calibrator is not None:
+        from calibscope.diagnostics.calibrators import apply_calibrator
+
+        def apply_temperature(z, _unused, cal=s.calibrator):  # noqa: F811 - the calibrator replaces the division
+            return apply_calibrator(cal, z)
+
+        fixed_t = _CalibratorAsTransform(s.calibrator, s.calibrator_source)
     if s.bootstrap:  # resampling needs every example in one place (gathered on every rank under torchrun)
         outputs, ckpt = session.outputs(path)
         meta, logits = outputs.meta, outputs.logits
@@ -98,13 +110,32 @@ def run_calibration(session: Session, checkpoint: Path | str, settings: Calibrat
     warnings: list[str] = []
     temperature_info = None
     if fixed_t is not None:
-        temperature_info = fixed_t.describe()
+        temperature_info = None if isinstance(fixed_t, _CalibratorAsTransform) else fixed_t.describe()
         warnings += fixed_t.warnings_for(meta)
         for m in metrics.metrics.values():
-            m.definition["logits"] = f"divided by the temperature T = {fixed_t.value!r} before the softmax"
+            m.definition["logits"] = (fixed_t.definition if isinstance(fixed_t, _CalibratorAsTransform) else
+                                      f"divided by the temperature T = {fixed_t.value!r} before the softmax")
     result = EceResult(name or path.name, path, ckpt.format, metrics.report, meta, metrics=metrics,
                        headline=s.headline, temperature=temperature_info, warnings=tuple(warnings),
                        notes=metrics.warnings)
     if baseline is not None:
         result = baseline.compare(result, n_results=n_results)
     return result
+
+
+class _CalibratorAsTransform:
+    """A calibrator in the place of a fixed temperature: how the result describes it."""
+
+    value = None
+
+    def __init__(self, calibrator: Any, source: str | None):
+        self.calibrator, self.source = calibrator, source
+        self.definition = (f"passed through the {calibrator.method} calibrator"
+                           + (f" of '{source}'" if source else "") + " before the softmax")
+
+    def describe(self) -> dict[str, Any]:
+        return {"calibrator": self.calibrator.method, "source": self.source,
+                "fit_data": self.calibrator.fit.get("data")}
+
+    def warnings_for(self, meta: Any) -> list[str]:
+        return []

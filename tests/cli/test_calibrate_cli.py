@@ -79,3 +79,18 @@ def test_a_logits_file_gets_a_json_calibrator(tmp_path):
     assert bad.exit_code == 2 and "logits file has no model" in bad.output
     bad = invoke("calibrate", logits, "-o", tmp_path / "model.onnx")
     assert bad.exit_code == 2
+
+
+def test_ece_with_a_calibrator_file_equals_what_calibrate_printed(tmp_path):
+    out = tmp_path / "vector.json"
+    logits = SAMPLES / "digits_hard_test_logits.npz"
+    result = invoke("calibrate", logits, "--method", "vector", "-o", out, "--bootstrap", "0", "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)["methods"][1]["metrics"]["ece"]
+    result = invoke("ece", logits, "--calibrator", out, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["results"][0]["metrics"]
+    assert metrics["ece"]["value"] == pytest.approx(printed, abs=1e-9)
+    assert "vector calibrator" in metrics["ece"]["definition"]["logits"]
+    bad = invoke("ece", logits, "--calibrator", out, "--temperature", "2")
+    assert bad.exit_code == 2
