@@ -3,7 +3,8 @@ temperature of every evaluation, logged where the trainer reports (``report_to``
 ``max_ece`` warning or stop.
 
     >>> from calibscope.integrations.huggingface import CalibrationCallback   # doctest: +SKIP
-    >>> trainer = Trainer(model, args, train_dataset=..., eval_dataset=..., callbacks=[CalibrationCallback()])
+    >>> trainer = Trainer(model, args, train_dataset=..., eval_dataset=...,  # doctest: +SKIP
+    ...                   callbacks=[CalibrationCallback()])
 
 How the numbers are collected: a forward hook on the model reads the ``logits`` of every forward pass made in
 eval mode with ``labels`` (the evaluation loop's batches), into a :class:`~calibscope.StreamingCalibration`;

@@ -2,7 +2,8 @@ r"""``CalibrationCallback`` for Lightning: ECE, MCE, NLL, Brier, accuracy and th
 validation epoch, logged through Lightning's own loggers, with an optional ``max_ece`` warning or stop.
 
     >>> from calibscope.integrations.lightning import CalibrationCallback     # doctest: +SKIP
-    >>> trainer = lightning.Trainer(max_epochs=10, callbacks=[CalibrationCallback(max_ece=0.05)])
+    >>> trainer = lightning.Trainer(max_epochs=10,  # doctest: +SKIP
+    ...                             callbacks=[CalibrationCallback(max_ece=0.05)])
 
 Each validation batch adds its logits to a :class:`~calibscope.StreamingCalibration` (per-bin sums; the
 logits are kept for the epoch only to fit the temperature, ``fit_temperature=False`` keeps none). The logits

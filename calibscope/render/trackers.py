@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -205,13 +206,20 @@ class MLflowTracker(Tracker):
 
     def __init__(self, *, tracking_uri: str | None = None, run_name: str | None = None) -> None:
         self.mlflow = require("mlflow", "--log mlflow")
+        # mlflow.set_tracking_uri is process-global (and exports MLFLOW_TRACKING_URI): remember what was there so
+        # close() gives it back, instead of redirecting whatever the host program logs next (e.g. a Trainer).
+        self._previous_uri = None
         if tracking_uri:
+            self._previous_uri = (_global_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
             self.mlflow.set_tracking_uri(tracking_uri)
         active = self.mlflow.active_run()
+        self.started = False
         try:
             self.run = active if active is not None else self.mlflow.start_run(run_name=run_name)
         except Exception as exc:  # the tracking store cannot be opened: say which, in one line
-            raise InputError(f"--log mlflow: cannot open the tracking store {self.mlflow.get_tracking_uri()!r}: "
+            store = self.mlflow.get_tracking_uri()
+            self._restore_uri()
+            raise InputError(f"--log mlflow: cannot open the tracking store {store!r}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         self.started = active is None
 
@@ -234,3 +242,22 @@ class MLflowTracker(Tracker):
         if self.started:
             self.mlflow.end_run()
             self.started = False
+        self._restore_uri()
+
+    def _restore_uri(self) -> None:
+        if self._previous_uri is None:
+            return
+        uri, environment = self._previous_uri
+        self._previous_uri = None
+        self.mlflow.set_tracking_uri(uri)  # None clears it (and the environment variable) again
+        if environment is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
+def _global_tracking_uri() -> str | None:
+    """The tracking URI set by ``mlflow.set_tracking_uri`` in this process (None when unset)."""
+    try:
+        from mlflow.tracking._tracking_service import utils
+    except ImportError:  # a layout of another mlflow version: nothing set that we could restore
+        return None
+    return getattr(utils, "_tracking_uri", None)
