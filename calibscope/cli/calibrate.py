@@ -15,6 +15,7 @@ from calibscope.cli._common import (
     DeviceOpt,
     JsonOpt,
     LabelColumnOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -64,6 +65,7 @@ def calibrate(
     odir_mu: float | None = typer.Option(None, "--odir-mu", help="ODIR intercept weight μ [default: 0.01].",
                                          show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", help=HELP["out"] + " Figure: calibrators.png/.svg; numbers: "
                                     "calibrate.json.", show_default=False),
     arch: ArchOpt = None,
@@ -97,6 +99,9 @@ def calibrate(
       calibscope calibrate val_logits.npz --methods dirichlet -o calibrator.json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import display_names, session_from_options
         from calibscope.render import calibrate_view
         from calibscope.render.atomic import check_destination, check_folder
@@ -127,6 +132,7 @@ def calibrate(
 
         result = dataclasses.replace(result, written=tuple(str(p) for p in written))
         doc = calibrate_view.document(result)
+        trackers.log_run(log, name="calibrate", document=doc)
         if out is not None:
             written += calibrate_view.write_outputs(out, result, doc)
         if json_:

@@ -15,6 +15,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -51,6 +52,7 @@ def conformal(
     min_coverage: float | None = typer.Option(None, "--min-coverage", help="Gate: exit 1 if the empirical "
                                               "coverage on --data is below this (e.g. 0.88).", show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Coverage and size against α: "
                                     "conformal_coverage.png/.svg; numbers: conformal.json.", show_default=False),
     arch: ArchOpt = None,
@@ -87,6 +89,9 @@ def conformal(
     Exit codes: 0 ok, 1 the coverage gate failed, 2 bad input.
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import display_names, project_defaults, session_from_options
         from calibscope.errors import GateFailed
         from calibscope.render import conformal_view
@@ -101,6 +106,7 @@ def conformal(
                                        mean=mean, std=std, no_cache=no_cache, defaults=project_defaults())
         result = run_conformal(session, checkpoint, settings, val=val, name=display_names([checkpoint])[0])
         doc = conformal_view.document(result)
+        trackers.log_run(log, name="conformal", document=doc)
         written = conformal_view.write_outputs(out, result, doc) if out is not None else None
         if json_:
             conformal_view.print_json(doc)

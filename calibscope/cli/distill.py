@@ -15,6 +15,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -40,6 +41,7 @@ def distill(
                                  "for a hard and a label-smoothed teacher side by side)."),
     pairs: int = typer.Option(DEFAULT_PAIRS, "--pairs", help="Most similar class pairs to list."),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Heat maps soft_targets_NAME, "
                                     "non_target_entropy; numbers: distill.json.", show_default=False),
     arch: ArchOpt = None,
@@ -72,6 +74,9 @@ def distill(
       calibscope distill hard.pt2 ls.pt2 --teachers 2 --data test.npz --out figs/
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import display_names, parse_floats, project_defaults, session_from_options
         from calibscope.render import distill_view
         from calibscope.render.atomic import check_folder
@@ -86,6 +91,7 @@ def distill(
                                        std=std, no_cache=no_cache, defaults=project_defaults())
         result = run_distill(session, checkpoints, settings, names=display_names(checkpoints))
         doc = distill_view.document(result)
+        trackers.log_run(log, name="distill", document=doc)
         written = distill_view.write_outputs(out, result, doc) if out is not None else None
         if json_:
             distill_view.print_json(doc)

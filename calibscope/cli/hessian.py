@@ -14,6 +14,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     OutputOpt,
     PrefixOpt,
@@ -60,6 +61,7 @@ def hessian(
     density: bool = typer.Option(False, "--density", help="Also the spectral density by stochastic Lanczos "
                                  "quadrature (plotted with --out)."),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: hessian_eigenvalues."
                                     "png/.svg; numbers: hessian.json.", show_default=False),
     arch: ArchOpt = None,
@@ -92,6 +94,9 @@ def hessian(
       calibscope hessian weights.safetensors --arch torchvision:resnet18 --data train/ --params last --json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(folders={"--out": out})
@@ -108,6 +113,7 @@ def hessian(
                                        no_cache=True, defaults=project_defaults())
         results = run_hessian(session, checkpoints, settings, names=display_names(checkpoints))
         doc = hessian_view.document(results)
+        trackers.log_run(log, name="hessian", document=doc)
         written = hessian_view.write_outputs(out, results, doc) if out is not None else None
         if json_:
             hessian_view.print_json(doc)

@@ -15,6 +15,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     OutputOpt,
     PrecisionOpt,
@@ -57,6 +58,7 @@ def mi(
                                       "checkpoint in the order given (numbers give a numeric axis, e.g. "
                                       "1,5,10,50).", show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: mi.png/.svg; numbers: "
                                     "mi.json.", show_default=False),
     arch: ArchOpt = None,
@@ -95,6 +97,9 @@ def mi(
       calibscope mi model.pt2 --data table.csv --classes 0,1 --augment noise:0.05 --json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(folders={"--out": out})
@@ -123,6 +128,7 @@ def mi(
             echo_err(note if note.startswith("warning:") else f"note: {note}")
         results = list(run.results)
         doc = mi_view.document(results, run.settings)
+        trackers.log_run(log, name="mi", document=doc)
         written = mi_view.write_outputs(out, results, run.settings, doc) if out is not None else None
         if json_:
             mi_view.print_json(doc)

@@ -20,6 +20,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -50,6 +51,7 @@ def ood(
     bins: int = typer.Option(DEFAULT_HISTOGRAM_BINS, "--bins", help="Bins of the score histograms."),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " ROC curves: ood_roc.png/.svg; "
                                     "score histograms: ood_scores.png/.svg; numbers: ood.json.", show_default=False),
     arch: ArchOpt = None,
@@ -85,6 +87,9 @@ def ood(
       calibscope ood test_logits.npz --ood-data ood_logits.npz --score energy --json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(folders={"--out": out})
@@ -108,6 +113,7 @@ def ood(
         result = run_ood(session, checkpoint, settings, ood_data=ood_data, train=train,
                          name=display_names([checkpoint])[0])
         doc = ood_view.document(result)
+        trackers.log_run(log, name="ood", document=doc)
         written = ood_view.write_outputs(out, result, doc) if out is not None else None
         if json_:
             ood_view.print_json(doc)

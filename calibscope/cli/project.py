@@ -15,6 +15,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LimitOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -45,6 +46,7 @@ def project(
                                      "linear layer whose input is the penultimate activation (default: the last "
                                      "nn.Linear with num_classes outputs).", show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Figure: projection.png/.svg; "
                                     "numbers and coordinates: projection.json.", show_default=False),
     arch: ArchOpt = None,
@@ -79,6 +81,9 @@ def project(
       calibscope project weights.safetensors --arch torchvision:resnet18 --data val/ --layer fc
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(folders={"--out": out})
@@ -95,6 +100,7 @@ def project(
         run = run_projection(session, checkpoints, settings, val=val, names=display_names(checkpoints))
         results = list(run.results)
         doc = view.document(results, run.choice, per_class=run.per_class)
+        trackers.log_run(log, name="project", document=doc)
         written = view.write_outputs(out, results, run.choice, doc) if out is not None else None
         if json_:
             view.print_json(doc)

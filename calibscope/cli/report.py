@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from calibscope.cli._common import HELP, cli_errors
+from calibscope.cli._common import HELP, LogOpt, cli_errors
 from calibscope.diagnostics.defaults import DEFAULT_EXAMPLES, DEFAULT_TOP
 from calibscope.workflows.mi import DEFAULT_DRAWS as MI_DRAWS
 from calibscope.workflows.mi import DEFAULT_EXAMPLES as MI_EXAMPLES
@@ -98,7 +98,7 @@ def _shared_options(
     batch_size: int | None = _BATCH_SIZE, limit: int | None = _LIMIT, mean: str | None = _MEAN,
     std: str | None = _STD, split: str | None = _SPLIT, label_column: str | None = _LABEL_COLUMN,
     no_cache: bool = _NO_CACHE, output: str | None = _OUTPUT, labels: Path | None = _LABELS,
-    prefix: str | None = _PREFIX,
+    prefix: str | None = _PREFIX, log: LogOpt = None,
 ) -> None:
     """The options report and compare share (only the signature is used)."""
 
@@ -220,10 +220,11 @@ def _run(command: str, checkpoints: list[Path], o: dict[str, Any]) -> None:
 
     from calibscope.cli._common import echo_err, project_defaults, session_from_options
     from calibscope.errors import GateFailed
-    from calibscope.render import report_html
+    from calibscope.render import report_html, trackers
     from calibscope.render.json_doc import dumps
     from calibscope.workflows.report import run_report
 
+    log = trackers.check_trackers(o["log"])
     defaults = project_defaults()
     settings = _settings(o, defaults)
     out = _check_paths(command, o)
@@ -241,9 +242,12 @@ def _run(command: str, checkpoints: list[Path], o: dict[str, Any]) -> None:
     report = run_report(session, checkpoints, settings, val=o["val"], train=o["train"], ood_data=o["ood_data"],
                         command=command, title=o["title"], extra_settings={"figures": o["figures"]},
                         progress=progress)
+    doc = report_html.document(report) if o["json_"] or log else None
+    if log:
+        trackers.log_run(log, name=command, document=doc)
     written = report_html.write_report(out, report, figures=o["figures"]) if out is not None else None
     if o["json_"]:
-        print(dumps(report_html.document(report)))
+        print(dumps(doc))
         for s in report.sections:
             if s.status == "skipped":
                 echo_err(f"note: {s.key} skipped: {s.note}")

@@ -20,6 +20,7 @@ from calibscope.cli._common import (
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
+    LogOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -51,6 +52,7 @@ def selective(
     shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
     json_: JsonOpt = False,
+    log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
                                     "risk_coverage.png/.svg; numbers: selective.json.", show_default=False),
     arch: ArchOpt = None,
@@ -86,6 +88,9 @@ def selective(
       calibscope selective test_logits.npz --coverage 0.5,0.9 --json
     """
     with cli_errors():
+        from calibscope.render import trackers
+
+        log = trackers.check_trackers(log)
         from calibscope.cli._common import check_outputs
 
         check_outputs(folders={"--out": out})
@@ -110,6 +115,7 @@ def selective(
                                        defaults=project_defaults(), layer=layer)
         result = run_selective(session, checkpoint, settings, train=train, name=display_names([checkpoint])[0])
         doc = selective_view.document(result)
+        trackers.log_run(log, name="selective", document=doc)
         written = selective_view.write_outputs(out, result, doc) if out is not None else None
         if json_:
             selective_view.print_json(doc)

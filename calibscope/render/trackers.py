@@ -34,6 +34,10 @@ TRACKER_HELP = ("Also log the numbers, figures and JSON to an experiment tracker
 MAX_SCALARS = 500  # a document with more numeric fields than this is logged by its first MAX_SCALARS
 _SKIPPED_KEYS = {"schema_version", "meta", "definition", "definitions", "provenance", "settings", "trace",
                  "interval", "bins", "warnings", "notes"}
+_TRANSPARENT_KEYS = {"results", "document"}
+_LABEL_KEYS = ("name", "score", "key")  # what names an item of a list of results (model, score, section)
+_MAX_UNLABELLED = 20  # a longer list of unlabelled dicts (e.g. per-example rows) is left out
+_MAX_DEPTH = 8
 
 
 def parse_tracker(spec: str) -> tuple[str, str | None]:
@@ -98,14 +102,16 @@ def _metric_key(key: str) -> str:
 def scalars(document: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:
     """The finite numbers of a calibscope JSON document, flattened to ``"RESULT/field"`` keys.
 
-    A list of results (dicts with a ``name``) is keyed by each name; other lists, definitions, intervals,
-    per-bin tables and metadata are left out (they are in the document, logged whole). At most
-    :data:`MAX_SCALARS` keys.
+    A list of dicts is keyed by each item's label (its ``name``, ``score`` or ``key``, e.g. a model, an
+    OOD/selective score, a report section) or, for a short unlabelled list, its index; ``results`` and
+    ``document`` levels add no key part (a report section's ``document`` is its command's document). Lists of
+    numbers (curves), definitions, intervals, per-bin tables and metadata are left out (they are in the
+    document, logged whole). At most :data:`MAX_SCALARS` keys.
     """
     out: dict[str, float] = {}
 
     def walk(value: Any, key: str, depth: int) -> None:
-        if len(out) >= MAX_SCALARS or depth > 4:
+        if len(out) >= MAX_SCALARS or depth > _MAX_DEPTH:
             return
         if isinstance(value, bool) or value is None:
             return
@@ -115,17 +121,20 @@ def scalars(document: Mapping[str, Any], *, prefix: str = "") -> dict[str, float
             return
         if isinstance(value, Mapping):
             for k, v in value.items():
-                if k == "results" and not key:  # the documents' list of results: keyed by the results' names
-                    walk(v, "", depth + 1)
+                if k in _TRANSPARENT_KEYS:  # a list of results / a section's document: no key part of its own
+                    walk(v, key, depth + 1)
                 elif k not in _SKIPPED_KEYS and not str(k).startswith("schema"):
                     walk(v, f"{key}/{k}" if key else str(k), depth + 1)
             return
-        if isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
-            names = [str(v["name"]) for v in value]
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            field = next((f for f in _LABEL_KEYS if all(f in v for v in value)), None)
+            if field is None and len(value) > _MAX_UNLABELLED:
+                return
+            names = [str(v[field]) if field else str(i) for i, v in enumerate(value)]
             unique = len(set(names)) == len(names)
             for i, v in enumerate(value):
                 label = names[i] if unique else f"{i}_{names[i]}"
-                walk({k: x for k, x in v.items() if k != "name"}, f"{key}/{label}" if key else label, depth + 1)
+                walk({k: x for k, x in v.items() if k != field}, f"{key}/{label}" if key else label, depth + 1)
 
     walk(document, prefix, 0)
     return out
