@@ -329,8 +329,12 @@ def _calibration(section: Section, report: Report, embed: FigureEmbedder) -> str
     figs = [reliability_diagram(by[n].report, title=n) for n in names]
     if len(figs) > 1:  # shared axes: the histograms get one count scale
         top = max(max(by[n].report.bins.count) for n in names)
-        for fig in figs:
-            fig.axes[1].set_ylim(0, max(top, 1) * 1.08)
+        for fig in figs:  # the same limits reliability_diagram draws, for the largest count of all models
+            hist = fig.axes[1]
+            if hist.get_yscale() == "log":
+                hist.set_ylim(0.7, max(top, 1) * 12)
+            else:
+                hist.set_ylim(0, max(top, 1) * 1.25)
     out.append(_duo(table, *(embed.html(fig, alt=f"Reliability diagram of {n}",
                                      caption=f"{n}: accuracy per confidence bin (bars), the gap to the bin's mean "
                                              "confidence (hatched), examples per bin below.")
