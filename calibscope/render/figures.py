@@ -169,7 +169,8 @@ def reliability_curves(
             color="0.4")
     ax.grid(True, linewidth=0.5, alpha=0.35)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9), fontsize="x-small", frameon=True, framealpha=0.9)
+    # below the axes: inside, it hid the points of whichever model ran through that corner
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize="x-small", frameon=False)
     n_bins = next(iter(reports.values())).n_bins
     ax.set_title(title if title is not None else f"Reliability ({n_bins} bins)", fontsize="medium")
     return fig
