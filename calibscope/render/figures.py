@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from calibscope.diagnostics.calibration import CalibrationReport
 
-__all__ = ["reliability_curves", "reliability_diagram", "save_figure", "series_colors"]
+__all__ = ["log_axis_ticks", "reliability_curves", "reliability_diagram", "save_figure", "series_colors"]
 
 _ACCURACY_COLOR = "#3b6fb6"
 _GAP_COLOR = "#d62728"
@@ -174,6 +174,47 @@ def reliability_curves(
     n_bins = next(iter(reports.values())).n_bins
     ax.set_title(title if title is not None else f"Reliability ({n_bins} bins)", fontsize="medium")
     return fig
+
+
+# mantissas of the labelled ticks of a log axis, coarsest first (see log_axis_ticks)
+_LOG_MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0))
+_LOG_LEAST_LABELS = 4
+
+
+def log_axis_ticks(lo: float, hi: float) -> list[float]:
+    """Labelled ticks of a log axis showing values in ``[lo, hi]``: the coarsest of 1 · 10^e, 1-2-5, 1-2-3-5
+    and 1-1.5-2-3-4-5-6-8 that puts at least four labels inside the range (all of the finest otherwise).
+
+    Matplotlib's default labels only the decades (and, through a ``2``/``5`` formatter, 1-2-5), so an NLL axis
+    from 0.3 to 3 read "1, 2" and nothing else.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"Expected 0 < lo <= hi (finite) for a log axis, but got {lo!r} and {hi!r}")
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks: list[float] = []
+    for mantissas in _LOG_MANTISSAS:
+        ticks = [float(f"{m * 10.0 ** e:.12g}") for e in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo * (1 - 1e-12) <= t <= hi * (1 + 1e-12)]
+        if len(ticks) >= _LOG_LEAST_LABELS:
+            break
+    return ticks
+
+
+def label_log_axis(ax, which: str = "y") -> list[float]:
+    """Put :func:`log_axis_ticks` of the current view limits of the log-scaled ``x`` or ``y`` axis of ``ax``
+    as labelled major ticks (``0.3``, ``2``, ``15``), with unlabelled minor ticks; returns them. Call it
+    after everything is drawn (the limits are the autoscaled ones)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    ticks = log_axis_ticks(min(lo, hi), max(lo, hi))
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(LogLocator(subs="all"))
+    axis.set_minor_formatter(NullFormatter())
+    return ticks
 
 
 def _rgb(color: str) -> tuple[float, float, float]:

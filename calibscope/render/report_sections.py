@@ -414,11 +414,14 @@ def _temperature(section: Section, report: Report, embed: FigureEmbedder) -> str
     return "\n".join(out)
 
 
-def temperature_comparison_figure(results: Sequence[Any], *, figsize: tuple[float, float] = (5.4, 5.2)) -> Figure:
-    """ECE (top) and NLL (bottom, log scale) of every model against T on shared axes, from each result's sweep
-    on its evaluation data (held-out when there is one), with each model's T* dashed and T = 1 dotted."""
+def temperature_comparison_figure(results: Sequence[Any], *, figsize: tuple[float, float] = (5.4, 5.6)) -> Figure:
+    """ECE (top) and NLL (bottom, log scale with labelled 1-2-3-5 ticks) of every model against T on shared
+    axes, from each result's sweep on its evaluation data (held-out when there is one), with each model's T*
+    dashed and T = 1 dotted; the legend below the axes (inside, it covered curves)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.lines import Line2D
+
+    from calibscope.render.figures import label_log_axis
 
     fig = Figure(figsize=figsize, layout="constrained")
     ax_ece, ax_nll = fig.subplots(2, 1, sharex=True)
@@ -436,12 +439,17 @@ def temperature_comparison_figure(results: Sequence[Any], *, figsize: tuple[floa
         ax.set_xscale("log")
         ax.grid(True, which="both", linewidth=0.4, alpha=0.35)
     ax_nll.set_yscale("log")
-    ax_nll.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax_nll.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    label_log_axis(ax_nll, "y")
+    label_log_axis(ax_nll, "x")  # shared with the ECE panel
     ax_ece.set_ylabel(f"ECE ({results[0].fit.sweep.n_bins} bins)")
     ax_nll.set_ylabel("NLL (nats, log scale)")
     ax_nll.set_xlabel("Temperature T (log scale)")
-    ax_ece.legend(loc="best", fontsize="x-small", framealpha=0.9)
+    handles, labels = ax_ece.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", linestyle="--", linewidth=0.9),
+                Line2D([], [], color="0.5", linestyle=":", linewidth=1.0)]
+    labels += ["each model's T* (dashed)", "T = 1"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="x-small", frameon=False,
+               columnspacing=1.0, handlelength=1.8)
     ax_ece.set_title("Temperature sweep", fontsize="medium")
     return fig
 

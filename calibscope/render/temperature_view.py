@@ -81,23 +81,27 @@ def document(r: TemperatureResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def sweep_figure(r: TemperatureResult, *, figsize: tuple[float, float] = (4.5, 5.0)) -> Figure:
-    """ECE (top) and NLL (bottom) against T on a log axis, fit data solid and ``--apply`` data dashed, with
-    the NLL-optimal (solid) and ECE-optimal (dashed) temperatures and T = 1 (dotted) marked."""
+def sweep_figure(r: TemperatureResult, *, figsize: tuple[float, float] = (4.5, 5.4)) -> Figure:
+    """ECE (top) and NLL (bottom, log scale with labelled 1-2-3-5 ticks) against T on a log axis, fit data
+    solid and ``--apply`` data dashed, with the NLL-optimal (solid) and ECE-optimal (dashed) temperatures and
+    T = 1 (dotted) marked; one legend below the axes (inside, it covered the curves)."""
     from matplotlib.figure import Figure
+
+    from calibscope.render.figures import label_log_axis
 
     sweep = r.fit.sweep
     assert sweep is not None
     fig = Figure(figsize=figsize, layout="constrained")
     ax_ece, ax_nll = fig.subplots(2, 1, sharex=True)
     t = list(sweep.temperatures)
-    ax_ece.plot(t, sweep.ece, color="#3b6fb6", label=f"fit ({r.fit.before.n:,})")
-    ax_nll.plot(t, sweep.nll, color="#3b6fb6", label=f"fit ({r.fit.before.n:,})")
+    ax_ece.plot(t, sweep.ece, color="#3b6fb6", label=f"fit data ({r.fit.before.n:,})")
+    ax_nll.plot(t, sweep.nll, color="#3b6fb6")
     if r.apply is not None and r.apply.sweep is not None:
-        ax_ece.plot(t, r.apply.sweep.ece, color="#d62728", linestyle="--", label=f"apply ({r.apply.before.n:,})")
-        ax_nll.plot(t, r.apply.sweep.nll, color="#d62728", linestyle="--", label=f"apply ({r.apply.before.n:,})")
+        ax_ece.plot(t, r.apply.sweep.ece, color="#d62728", linestyle="--",
+                    label=f"apply data ({r.apply.before.n:,})")
+        ax_nll.plot(t, r.apply.sweep.nll, color="#d62728", linestyle="--")
     for ax in (ax_ece, ax_nll):
-        labelled = ax is ax_nll  # the markers' legend sits in the NLL panel
+        labelled = ax is ax_ece  # one entry per marker in the shared legend
         ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1.0, label="T = 1" if labelled else None)
         if r.nll_fit is not None:
             ax.axvline(r.nll_fit.temperature, color="black", linewidth=1.0,
@@ -106,16 +110,19 @@ def sweep_figure(r: TemperatureResult, *, figsize: tuple[float, float] = (4.5, 5
                    label="ECE-optimal T" if labelled else None)
         ax.set_xscale("log")
         ax.grid(True, which="both", linewidth=0.4, alpha=0.35)
+    ax_nll.set_yscale("log")
+    label_log_axis(ax_nll, "y")
+    label_log_axis(ax_nll, "x")  # shared with the ECE panel
     marks = []
     if r.nll_fit is not None:
         marks.append(f"NLL-opt. T = {r.nll_fit.temperature:.3g}")
     marks.append(f"ECE-opt. T = {r.ece_fit.temperature:.3g}")
     ax_ece.set_title(f"{r.name}: " + ", ".join(marks), fontsize="small")
     ax_ece.set_ylabel(f"ECE ({sweep.n_bins} bins)")
-    ax_nll.set_ylabel("NLL (nats)")
+    ax_nll.set_ylabel("NLL (nats, log scale)")
     ax_nll.set_xlabel("Temperature T (log scale)")
-    ax_ece.legend(loc="upper left", fontsize="x-small")
-    ax_nll.legend(loc="upper right", fontsize="x-small")
+    fig.legend(*ax_ece.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="x-small",
+               frameon=False, columnspacing=1.0, handlelength=1.8)
     return fig
 
 
