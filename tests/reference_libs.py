@@ -59,3 +59,12 @@ def pytorch_ood_detector(module: str):
     _namespace("pytorch_ood", root)
     _namespace("pytorch_ood.detector", f"{root}/detector")
     return importlib.import_module(f"pytorch_ood.detector.{module}")
+
+
+def torch_uncertainty_risk_coverage():
+    """The module ``torch_uncertainty.metrics.classification.risk_coverage`` (AURC, AUGRC)."""
+    root = _root("torch_uncertainty")
+    _namespace("torch_uncertainty", root)
+    _namespace("torch_uncertainty.metrics", f"{root}/metrics")
+    _namespace("torch_uncertainty.metrics.classification", f"{root}/metrics/classification")
+    return importlib.import_module("torch_uncertainty.metrics.classification.risk_coverage")

@@ -49,6 +49,9 @@ def ood(
     shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
     tpr: float = typer.Option(DEFAULT_TPR, "--tpr", help="TPR level of the FPR metric (FPR at 95 % TPR)."),
     bins: int = typer.Option(DEFAULT_HISTOGRAM_BINS, "--bins", help="Bins of the score histograms."),
+    positive: str = typer.Option("ood", "--positive", help="Positive class of FPR@TPR and the ROC curves: ood (the "
+                                 "class to detect, as pytorch-ood and torch-uncertainty) or in (in-distribution, "
+                                 "Liu et al. 2020's wording). AUROC and AUPR-In/Out do not depend on it."),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
     json_: JsonOpt = False,
     log: LogOpt = None,
@@ -73,9 +76,9 @@ def ood(
 ) -> None:
     """Out-of-distribution detection: AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR of each confidence score.
 
-    In-distribution inputs are the positives; every score is higher for inputs that look more
-    in-distribution. Ties are handled as scikit-learn does. Scores: max softmax probability (Hendrycks &
-    Gimpel 2017), max logit, energy T·logsumexp(z/T) (Liu et al. 2020) and, with --train, the Mahalanobis
+    OOD inputs are the positives of FPR@95TPR by default (--positive in for the other convention; the output
+    says which); every score is higher for inputs that look more in-distribution. Ties are handled as
+    scikit-learn does. Scores: max softmax probability (Hendrycks & Gimpel 2017), max logit, energy T·logsumexp(z/T) (Liu et al. 2020) and, with --train, the Mahalanobis
     distance of the penultimate features to the closest class mean (Lee et al. 2018).
 
     Examples:
@@ -104,7 +107,7 @@ def ood(
         from calibscope.workflows.ood import OodSettings, run_ood
 
         settings = OodSettings(scores=score, temperature=parse_temperature(temperature),
-                               shrinkage=parse_shrinkage(shrinkage), tpr=tpr, n_bins=bins)
+                               shrinkage=parse_shrinkage(shrinkage), tpr=tpr, n_bins=bins, positive=positive)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                                        arch_kwargs=arch_kwargs, trust=trust,
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,

@@ -21,3 +21,14 @@ DEFAULT_TRACE_SAMPLES = 20
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 MAX_BINS = 10_000  # equal-width bins of ECE and of histograms
 MAX_BOOTSTRAP = 100_000  # bootstrap replicates
+
+# post-hoc OOD detectors (diagnostics/ood_detectors.py, diagnostics/gram.py; the papers' defaults)
+DEFAULT_KNN_K = 50  # Sun et al. 2022, CIFAR-10
+DEFAULT_REACT_PERCENTILE = 0.9  # Sun et al. 2021: clip at the 90th percentile of training activations
+DEFAULT_ASH_PERCENTILE = 0.65  # pytorch-ood's default (Djurisic et al. 2023 sweep 0.6–0.9)
+DEFAULT_ASH_VARIANT = "ash-s"
+DEFAULT_ODIN_TEMPERATURE = 1000.0  # Liang et al. 2018
+DEFAULT_ODIN_EPSILON = 0.0014  # Liang et al. 2018 (CIFAR)
+DEFAULT_GRADNORM_TEMPERATURE = 1.0  # Huang et al. 2021
+DEFAULT_GRAM_POLES = 10  # Sastry & Oore 2020: orders p = 1..10
+DEFAULT_GRAM_VAL_FRACTION = 0.1  # held out of the fit data per class to normalise, without --val (pytorch-ood)

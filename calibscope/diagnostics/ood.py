@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +47,9 @@ import torch
 from calibscope.errors import InputError
 
 __all__ = [
+    "DEFAULT_POSITIVE",
     "LOGIT_SCORES",
+    "POSITIVES",
     "SCORES",
     "ClassGaussians",
     "DetectionMetrics",
@@ -55,6 +57,7 @@ __all__ = [
     "OodScoreResult",
     "RocCurve",
     "ScoreHistogram",
+    "check_positive",
     "confidence_score",
     "detection_metrics",
     "energy_score",
@@ -477,16 +480,34 @@ def _ranked_counts(positive: torch.Tensor, negative: torch.Tensor):
     return s[ends], tp, fp
 
 
+Positive = Literal["in", "ood"]
+POSITIVES: tuple[str, ...] = ("ood", "in")
+DEFAULT_POSITIVE: Positive = "ood"  # pytorch-ood, torch-uncertainty, OpenOOD: OOD is the class to detect
+
+
+def check_positive(positive: Any) -> Positive:
+    """``"in"`` or ``"ood"`` (aliases ``id``, ``in-distribution``, ``out``)."""
+    key = {"id": "in", "in-distribution": "in", "out": "ood", "ood": "ood", "in": "in"}.get(
+        str(positive).strip().lower()) if isinstance(positive, str) else None
+    if key is None:
+        raise InputError(f"Expected argument `positive` to be 'in' or 'ood', but got {positive!r}")
+    return key  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class DetectionMetrics:
-    r"""Threshold-free OOD detection metrics of one score (in-distribution = positive).
+    r"""Threshold-free OOD detection metrics of one score.
 
-    ``auroc``: area under the ROC, :math:`P(s_\text{in} > s_\text{out}) + \tfrac12 P(s_\text{in} = s_\text{out})`;
-    ``aupr_in``: average precision with in-distribution positive; ``aupr_out``: average precision with OOD
-    positive and scores negated; ``fpr_at_tpr``: the fraction of OOD inputs accepted at the highest threshold
-    that accepts at least ``tpr_level`` of the in-distribution inputs (FPR at 95 % TPR for the default);
-    ``threshold_at_tpr``: that threshold (accept ``score >= threshold``); ``tpr_at_threshold``: the TPR there
-    (≥ ``tpr_level``, more when ties straddle it); ``n_in``, ``n_out``: examples on each side.
+    ``auroc``: area under the ROC, :math:`P(s_\text{in} > s_\text{out}) + \tfrac12 P(s_\text{in} = s_\text{out})`
+    (the same whichever class is positive); ``aupr_in``: average precision with in-distribution positive;
+    ``aupr_out``: average precision with OOD positive and scores negated (both always reported, named by
+    their positive class); ``fpr_at_tpr``: with ``positive="ood"`` (default) the fraction of
+    *in-distribution* inputs flagged as OOD at the threshold that detects at least ``tpr_level`` of the OOD
+    inputs; with ``positive="in"`` the fraction of OOD inputs accepted at the threshold that accepts at least
+    ``tpr_level`` of the in-distribution inputs. ``threshold_at_tpr``: that threshold on the score (OOD
+    positive: flag ``score <= threshold``; in positive: accept ``score >= threshold``);
+    ``tpr_at_threshold``: the TPR there (≥ ``tpr_level``, more when ties straddle it); ``positive``: the
+    class of the FPR metric; ``n_in``, ``n_out``: examples on each side.
     """
 
     auroc: float
@@ -498,6 +519,7 @@ class DetectionMetrics:
     tpr_level: float
     n_in: int
     n_out: int
+    positive: str = DEFAULT_POSITIVE
 
 
 def _average_precision(tp: torch.Tensor, fp: torch.Tensor) -> float:
@@ -508,14 +530,23 @@ def _average_precision(tp: torch.Tensor, fp: torch.Tensor) -> float:
     return float((gained * precision).sum() / tp_f[-1])
 
 
+def _oriented(in_scores: torch.Tensor, out_scores: torch.Tensor, positive: str
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(positive scores, negative scores, sign): the positive class scored higher = more positive."""
+    if positive == "in":
+        return in_scores.to(_F64), out_scores.to(_F64), 1.0
+    return -out_scores.to(_F64), -in_scores.to(_F64), -1.0
+
+
 def detection_metrics(
-    in_scores: torch.Tensor, out_scores: torch.Tensor, *, tpr_level: float = 0.95
+    in_scores: torch.Tensor, out_scores: torch.Tensor, *, tpr_level: float = 0.95,
+    positive: Positive = DEFAULT_POSITIVE,
 ) -> DetectionMetrics:
     r"""AUROC, AUPR-In, AUPR-Out and FPR at ``tpr_level`` TPR, exactly, from sorted scores.
 
-    With thresholds :math:`t_1 > \dots > t_T` the distinct score values, :math:`TP_k = \#\{s_\text{in} \ge t_k\}`,
-    :math:`FP_k = \#\{s_\text{out} \ge t_k\}`, :math:`P = n_\text{in}`, :math:`N = n_\text{out}`,
-    :math:`TP_0 = FP_0 = 0`:
+    With the positive class's scores oriented so that higher = more positive (OOD positive: the negated
+    scores), thresholds :math:`t_1 > \dots > t_T` the distinct values, :math:`TP_k = \#\{\text{positives} \ge
+    t_k\}`, :math:`FP_k = \#\{\text{negatives} \ge t_k\}`, P and N the class sizes, :math:`TP_0 = FP_0 = 0`:
 
     .. math::
 
@@ -524,24 +555,32 @@ def detection_metrics(
 
         \mathrm{FPR@TPR}_{q} = \frac{FP_{k^*}}{N}, \quad k^* = \min\{k : TP_k / P \ge q\}.
 
-    The AUROC numerator is summed in int64, so it is exact (one rounding at the division). AUPR-Out uses
-    the same formula with OOD as positives and scores negated. These equal ``sklearn.metrics.roc_auc_score``,
-    ``average_precision_score`` and ``roc_curve`` (ties included) to rounding; references: Hendrycks &
-    Gimpel 2017 §3 (AUROC, AUPR-In/Out), Liu et al. 2020 §4 (FPR95).
+    AUROC does not depend on which class is positive; AUPR-In takes in-distribution as positive, AUPR-Out
+    OOD; ``positive`` chooses the FPR metric's classes. ``positive="ood"`` (default) is the convention of
+    pytorch-ood, torch-uncertainty and OpenOOD (FPR = in-distribution inputs flagged while 95 % of OOD inputs
+    are caught); ``positive="in"`` is Liu et al. 2020's wording (OOD inputs accepted while 95 % of the
+    in-distribution inputs are kept). The two differ on the same scores. The AUROC numerator is summed in
+    int64, so it is exact. These equal ``sklearn.metrics.roc_auc_score``, ``average_precision_score`` and
+    ``roc_curve`` (ties included) to rounding; references: Hendrycks & Gimpel 2017 §3 (AUROC, AUPR-In/Out),
+    Liu et al. 2020 §4 (FPR95).
 
     Args:
         in_scores: ``[N_in]`` floating scores of in-distribution inputs (higher = more in-distribution); no NaN.
         out_scores: ``[N_out]`` scores of OOD inputs, same device.
         tpr_level: q in (0, 1].
+        positive: ``"ood"`` or ``"in"``, the positive class of the FPR metric.
 
     Example:
-        >>> m = detection_metrics(torch.tensor([0.9, 0.8, 0.8, 0.3]), torch.tensor([0.8, 0.2]))
+        >>> m = detection_metrics(torch.tensor([0.9, 0.8, 0.8, 0.3]), torch.tensor([0.8, 0.2]), positive="in")
         >>> m.auroc, round(m.aupr_in, 6), m.fpr_at_tpr
         (0.75, 0.825, 0.5)
+        >>> detection_metrics(torch.tensor([0.9, 0.8, 0.8, 0.3]), torch.tensor([0.8, 0.2])).fpr_at_tpr
+        0.75
     """
     _validate_pair(in_scores, out_scores)
     if isinstance(tpr_level, bool) or not isinstance(tpr_level, numbers.Real) or not 0 < tpr_level <= 1:
         raise InputError(f"Expected argument `tpr_level` to be a number in (0, 1], but got {tpr_level!r}")
+    side = check_positive(positive)
     thresholds, tp, fp = _ranked_counts(in_scores, out_scores)
     p, n = int(in_scores.shape[0]), int(out_scores.shape[0])
     tp0 = torch.cat([tp.new_zeros(1), tp])
@@ -551,43 +590,52 @@ def detection_metrics(
     aupr_in = _average_precision(tp, fp)
     _, tp_out, fp_out = _ranked_counts(-out_scores.to(_F64), -in_scores.to(_F64))
     aupr_out = _average_precision(tp_out, fp_out)
-    tpr = tp.to(_F64) / p
+    pos, neg, sign = _oriented(in_scores, out_scores, side)
+    t_pos, tp_pos, fp_pos = _ranked_counts(pos, neg)
+    n_pos, n_neg = int(pos.shape[0]), int(neg.shape[0])
+    tpr = tp_pos.to(_F64) / n_pos
     k = int(torch.nonzero(tpr >= float(tpr_level))[0])  # exists: tpr[-1] == 1
     return DetectionMetrics(
-        auroc=auroc, aupr_in=aupr_in, aupr_out=aupr_out, fpr_at_tpr=int(fp[k]) / n,
-        threshold_at_tpr=float(thresholds[k]), tpr_at_threshold=float(tpr[k]), tpr_level=float(tpr_level),
-        n_in=p, n_out=n,
+        auroc=auroc, aupr_in=aupr_in, aupr_out=aupr_out, fpr_at_tpr=int(fp_pos[k]) / n_neg,
+        threshold_at_tpr=sign * float(t_pos[k]), tpr_at_threshold=float(tpr[k]), tpr_level=float(tpr_level),
+        n_in=p, n_out=n, positive=side,
     )
 
 
 @dataclass(frozen=True)
 class RocCurve:
-    """ROC points from (0, 0) to (1, 1): ``fpr``, ``tpr`` and the ``thresholds`` (accept ``score >= t``; the
-    first is +inf), as ``sklearn.metrics.roc_curve`` returns them."""
+    """ROC points from (0, 0) to (1, 1): ``fpr``, ``tpr`` and the ``thresholds`` on the score (the first is
+    ±inf), as ``sklearn.metrics.roc_curve`` returns them for the positive class ``positive`` (OOD positive:
+    flag ``score <= t``, thresholds increasing; in positive: accept ``score >= t``, thresholds decreasing)."""
 
     fpr: tuple[float, ...]
     tpr: tuple[float, ...]
     thresholds: tuple[float, ...]
+    positive: str = DEFAULT_POSITIVE
 
 
-def roc_curve(in_scores: torch.Tensor, out_scores: torch.Tensor, *, drop_intermediate: bool = True) -> RocCurve:
-    """The ROC curve of a detector (in-distribution positive), equal to ``sklearn.metrics.roc_curve``.
+def roc_curve(in_scores: torch.Tensor, out_scores: torch.Tensor, *, drop_intermediate: bool = True,
+              positive: Positive = DEFAULT_POSITIVE) -> RocCurve:
+    """The ROC curve of a detector, equal to ``sklearn.metrics.roc_curve`` with ``positive`` as class 1.
 
-    One point per distinct threshold, preceded by (0, 0) at threshold +inf. ``drop_intermediate`` drops
-    points on straight horizontal/vertical runs (a zero second difference of both FP and TP counts), as
-    scikit-learn does; the curve's shape and area do not change.
+    One point per distinct threshold, preceded by (0, 0). ``drop_intermediate`` drops points on straight
+    horizontal/vertical runs (a zero second difference of both FP and TP counts), as scikit-learn does; the
+    curve's shape and area do not change. The two conventions give mirror-image curves of equal area.
     """
     _validate_pair(in_scores, out_scores)
-    thresholds, tp, fp = _ranked_counts(in_scores, out_scores)
+    side = check_positive(positive)
+    pos, neg, sign = _oriented(in_scores, out_scores, side)
+    thresholds, tp, fp = _ranked_counts(pos, neg)
     if drop_intermediate and tp.shape[0] > 2:
         inner = (torch.diff(fp, n=2) != 0) | (torch.diff(tp, n=2) != 0)
         true = inner.new_ones(1)
         keep = torch.cat([true, inner, true])
         thresholds, tp, fp = thresholds[keep], tp[keep], fp[keep]
-    p, n = int(in_scores.shape[0]), int(out_scores.shape[0])
+    p, n = int(pos.shape[0]), int(neg.shape[0])
     fpr = (fp.to(_F64) / n).tolist()
     tpr = (tp.to(_F64) / p).tolist()
-    return RocCurve(fpr=(0.0, *fpr), tpr=(0.0, *tpr), thresholds=(math.inf, *thresholds.tolist()))
+    return RocCurve(fpr=(0.0, *fpr), tpr=(0.0, *tpr),
+                    thresholds=(sign * math.inf, *(sign * thresholds).tolist()), positive=side)
 
 
 @dataclass(frozen=True)
@@ -670,15 +718,20 @@ class OodReport:
         raise KeyError(f"score {name!r} is not in this report ({', '.join(r.score for r in self.results)})")
 
 
-def ood_definition(tpr_level: float) -> dict[str, Any]:
+def ood_definition(tpr_level: float, positive: str = DEFAULT_POSITIVE) -> dict[str, Any]:
+    side = check_positive(positive)
+    fpr = (f"in-distribution inputs flagged as OOD at the first threshold that flags >= {tpr_level} of the OOD "
+           "inputs (OOD positive: pytorch-ood, torch-uncertainty, OpenOOD)" if side == "ood" else
+           f"OOD inputs accepted at the first threshold that accepts >= {tpr_level} of the in-distribution "
+           "inputs (in-distribution positive: Liu et al. 2020's wording)")
     return {
-        "positive": "in-distribution",
+        "positive": "ood" if side == "ood" else "in-distribution",
         "orientation": "higher score = more in-distribution, for every score",
         "ties": "tied scores form one threshold (as scikit-learn)",
         "auroc": "trapezoid over distinct thresholds = P(s_in > s_out) + 0.5 P(s_in = s_out)",
         "aupr_in": "average precision, in-distribution positive (sklearn.metrics.average_precision_score)",
         "aupr_out": "average precision, OOD positive, scores negated",
-        "fpr_at_tpr": f"FP/N at the highest threshold with TPR >= {tpr_level}",
+        "fpr_at_tpr": fpr,
         "reference": "Hendrycks & Gimpel 2017 (AUROC, AUPR-In/Out); Liu et al. 2020 (FPR at 95% TPR)",
     }
 
@@ -694,6 +747,8 @@ def ood_report(
     gaussians: ClassGaussians | None = None,
     tpr_level: float = 0.95,
     n_bins: int = 50,
+    positive: Positive = DEFAULT_POSITIVE,
+    precomputed: Mapping[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = None,
 ) -> OodReport:
     r"""Score in-distribution and OOD inputs with each detector and measure how well each separates them.
 
@@ -707,6 +762,10 @@ def ood_report(
         gaussians: :func:`fit_class_gaussians` on training features, for mahalanobis.
         tpr_level: the TPR of the FPR metric (0.95: FPR at 95 % TPR).
         n_bins: bins of the score histograms.
+        positive: the positive class of the FPR metric and the ROC curves, ``"ood"`` (default) or ``"in"``.
+        precomputed: ``{name: (in_scores, out_scores, definition)}`` for detectors computed elsewhere (those
+            that need the model, fit data or several layers: :mod:`calibscope.diagnostics.ood_detectors`,
+            :mod:`calibscope.diagnostics.gram`); in-distribution scores, higher = more in-distribution.
 
     Returns:
         :class:`OodReport`.
@@ -728,17 +787,23 @@ def ood_report(
     t = _validate_temperature(temperature)
     names = parse_scores(scores) if scores is not None else (
         LOGIT_SCORES + (("mahalanobis",) if gaussians is not None else ()))
+    side = check_positive(positive)
+    given = dict(precomputed or {})
     results = []
     for name in names:
-        s_in = confidence_score(in_logits, score=name, temperature=t, features=in_features, gaussians=gaussians)
-        s_out = confidence_score(out_logits, score=name, temperature=t, features=out_features, gaussians=gaussians)
-        definition = {"formula": _FORMULAS[name], "reference": _REFERENCES[name]}
-        if name in ("msp", "energy"):
-            definition["temperature"] = t
+        if name in given:
+            s_in, s_out, definition = given[name]
+        else:
+            s_in = confidence_score(in_logits, score=name, temperature=t, features=in_features, gaussians=gaussians)
+            s_out = confidence_score(out_logits, score=name, temperature=t, features=out_features,
+                                     gaussians=gaussians)
+            definition = {"formula": _FORMULAS[name], "reference": _REFERENCES[name]}
+            if name in ("msp", "energy"):
+                definition["temperature"] = t
         results.append(OodScoreResult(
             score=name,
-            metrics=detection_metrics(s_in, s_out, tpr_level=tpr_level),
-            roc=roc_curve(s_in, s_out),
+            metrics=detection_metrics(s_in, s_out, tpr_level=tpr_level, positive=side),
+            roc=roc_curve(s_in, s_out, positive=side),
             histogram=score_histogram(s_in, s_out, n_bins=n_bins),
             mean_in=float(s_in.mean()),
             mean_out=float(s_out.mean()),
@@ -748,5 +813,5 @@ def ood_report(
         n_in=int(in_logits.shape[0]), n_out=int(out_logits.shape[0]), num_classes=int(in_logits.shape[1]),
         temperature=t, results=tuple(results),
         mahalanobis=gaussians.summary() if gaussians is not None and "mahalanobis" in names else None,
-        definition=ood_definition(float(tpr_level)),
+        definition=ood_definition(float(tpr_level), side),
     )

@@ -56,11 +56,14 @@ __all__ = [
     "vim_score",
 ]
 
-DEFAULT_KNN_K = 50  # Sun et al. 2022 (CIFAR-10)
-DEFAULT_REACT_PERCENTILE = 0.9  # Sun et al. 2021
-DEFAULT_ASH_PERCENTILE = 0.65  # pytorch-ood's default (the paper sweeps 0.6–0.9)
-DEFAULT_ODIN_TEMPERATURE = 1000.0  # Liang et al. 2018
-DEFAULT_ODIN_EPSILON = 0.0014  # Liang et al. 2018 (CIFAR)
+from calibscope.diagnostics.defaults import (  # noqa: E402 - torch-free, shown in --help
+    DEFAULT_ASH_PERCENTILE,
+    DEFAULT_KNN_K,
+    DEFAULT_ODIN_EPSILON,
+    DEFAULT_ODIN_TEMPERATURE,
+    DEFAULT_REACT_PERCENTILE,
+)
+
 _F64 = torch.float64
 _CHUNK = 1024  # rows of the distance matrix formed at once in knn_score
 

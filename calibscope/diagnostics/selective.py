@@ -19,6 +19,24 @@ ranking, all :math:`n_c` correct examples first). :math:`\mathrm{AURC}^*` is com
 Geifman et al.'s closed form :math:`\hat r + (1 - \hat r)\ln(1 - \hat r)` is its continuous approximation.
 A perfectly ranked model has E-AURC exactly 0. Risk–coverage curves go back to El-Yaniv & Wiener, JMLR 2010.
 
+**AUGRC** (Traub et al., *Overcoming Common Flaws in the Evaluation of Selective Classification Systems*,
+NeurIPS 2024, §3): the *generalized* risk at coverage k/n is the joint probability of an error and of
+acceptance, :math:`\operatorname{GR}(k) = \frac1n \sum_{i \le k} [\hat y_{(i)} \ne y_{(i)}]` (errors kept over
+*all* n, not over the k kept), and
+
+.. math::
+
+    \mathrm{AUGRC} = \int_0^1 \operatorname{GR}\,\mathrm{d}c
+        = \sum_{g=1}^{G} \frac{K_g - K_{g-1}}{n} \cdot \frac{E_g + E_{g-1}}{2n}
+
+— the trapezoid through (0, 0) and the points :math:`(K_g/n, E_g/n)` at the G distinct confidence values
+(:math:`K_g` kept, :math:`E_g` errors among them), as the authors' reference code (fd-shifts) integrates it.
+Within a tie run the line between two thresholds is exactly the expected generalized risk over the orders of
+the ties, so this is the same tie rule as AURC's. Without ties it is
+:math:`\frac{1}{n}\sum_{k=1}^{n} \frac{E_{k-1} + E_k}{2n}`. torch-uncertainty 0.13's ``AUGRC`` differs by
+its end points: it integrates from coverage 1/n (not 0) and divides by 1 − 1/n, i.e.
+:math:`\frac{1}{n-1}\sum_{k=1}^{n-1}\frac{E_k + E_{k+1}}{2n}` (and breaks ties by sort order).
+
 **Ties.** Examples with equal confidence have no order. Within a run of m tied examples holding e errors,
 the first j of them are counted with their *expected* errors :math:`j e / m` — the average over every
 order of the ties — so AURC and the accuracy at a fixed coverage do not depend on how a sort breaks ties
@@ -48,6 +66,7 @@ __all__ = [
     "RiskCoverageCurve",
     "RiskTargetResult",
     "SelectiveReport",
+    "area_under_generalized_risk_coverage",
     "area_under_risk_coverage",
     "risk_coverage",
     "selective_report",
@@ -170,6 +189,40 @@ def area_under_risk_coverage(confidences: torch.Tensor, correct: torch.Tensor) -
     return _aurc(_rank(confidences, correct).expected_errors)
 
 
+def _augrc(ranked: _Ranked) -> float:
+    kept = ranked.group_kept.to(_F64)
+    errors = ranked.group_errors.to(_F64)
+    n = float(kept[-1])
+    width = torch.diff(kept, prepend=kept.new_zeros(1))
+    height = errors + torch.cat([errors.new_zeros(1), errors[:-1]])
+    return float((width * height).sum() / (2 * n * n))
+
+
+def area_under_generalized_risk_coverage(confidences: torch.Tensor, correct: torch.Tensor) -> float:
+    r"""AUGRC (Traub et al. 2024, §3): the area under the generalized risk–coverage curve.
+
+    .. math::
+
+        \mathrm{AUGRC} = \sum_{g=1}^{G} \frac{K_g - K_{g-1}}{n} \cdot \frac{E_g + E_{g-1}}{2n},
+        \qquad K_0 = E_0 = 0,
+
+    over the G distinct confidence values (keep ``score >= t``: :math:`K_g` examples, :math:`E_g` errors) —
+    the trapezoid through (0, 0) as the reference code integrates it; ties as in the module docstring.
+    Lower is better. With r the error rate at full coverage it lies in :math:`[r^2/2,\; r - r^2/2]`: the
+    optimal ranking (every error last) gives exactly r²/2, every error first gives r − r²/2.
+
+    Args:
+        confidences: ``[N]`` floating tensor, higher = more confident; no NaN.
+        correct: ``[N]`` bool or 0/1 tensor, same device.
+
+    Example:
+        >>> area_under_generalized_risk_coverage(torch.tensor([0.9, 0.8, 0.7]), torch.tensor([True, False, True]))
+        0.16666666666666666
+    """
+    _validate(confidences, correct)
+    return _augrc(_rank(confidences, correct))
+
+
 # --------------------------------------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------------------------------------
@@ -224,7 +277,9 @@ class SelectiveReport:
 
     ``score``: the confidence score's name; ``temperature``: T of msp/energy (None when confidences were
     given directly); ``n``, ``n_errors``, ``accuracy``: at full coverage; ``aurc``, ``aurc_optimal``,
-    ``excess_aurc``: AURC, the optimal ranking's AURC*, and E-AURC = AURC − AURC*; ``curve`` and
+    ``excess_aurc``: AURC, the optimal ranking's AURC*, and E-AURC = AURC − AURC*; ``augrc``: the area under
+    the generalized risk–coverage curve (Traub et al. 2024) and ``augrc_optimal`` = r²/2 of the optimal
+    ranking; ``curve`` and
     ``optimal_curve``: :class:`RiskCoverageCurve`; ``at_coverage``: one :class:`CoverageResult` per target
     coverage; ``at_risk``: :class:`RiskTargetResult` or None; ``definition``: conventions.
     """
@@ -237,6 +292,8 @@ class SelectiveReport:
     aurc: float
     aurc_optimal: float
     excess_aurc: float
+    augrc: float
+    augrc_optimal: float
     curve: RiskCoverageCurve
     optimal_curve: RiskCoverageCurve
     at_coverage: tuple[CoverageResult, ...]
@@ -251,6 +308,10 @@ def selective_definition() -> dict[str, Any]:
         "aurc": "(1/n) sum_{k=1..n} risk(k)",
         "aurc_optimal": "(1/n) sum_{k=n_c+1..n} (k - n_c)/k, exact (all correct examples first)",
         "excess_aurc": "aurc - aurc_optimal",
+        "augrc": "trapezoid through (0, 0) and (K_g/n, E_g/n) at the distinct confidence values: "
+                 "sum_g (K_g - K_{g-1})/n * (E_g + E_{g-1})/(2n); generalized risk = errors kept / n "
+                 "(Traub et al. 2024)",
+        "augrc_optimal": "r^2/2 (every error last), r = error rate at full coverage",
         "ties": "within a run of m tied examples with e errors, the first j count j*e/m errors (average over "
                 "tie orders); curve, thresholds and target-risk coverage only at distinct confidence values",
         "fixed_coverage": "n_kept = ceil(target * n)",
@@ -338,7 +399,8 @@ def risk_coverage(
 
     return SelectiveReport(
         score=score_name, temperature=temperature, n=n, n_errors=n_errors, accuracy=n_correct / n, aurc=aurc,
-        aurc_optimal=aurc_optimal, excess_aurc=aurc - aurc_optimal, curve=curve, optimal_curve=optimal_curve,
+        aurc_optimal=aurc_optimal, excess_aurc=aurc - aurc_optimal, augrc=_augrc(ranked),
+        augrc_optimal=(n_errors / n) ** 2 / 2, curve=curve, optimal_curve=optimal_curve,
         at_coverage=tuple(at_coverage), at_risk=at_risk, definition=selective_definition(),
     )
 

@@ -43,6 +43,27 @@ IN_COLOR, OUT_COLOR = "#3b6fb6", "#ff7f0e"
 IN_LABEL, OUT_LABEL = "In-distribution", "OOD"
 
 
+def positive_of(report: OodReport) -> str:
+    """``"ood"`` or ``"in"``: the positive class of the report's FPR metric and ROC curves."""
+    return report.results[0].metrics.positive if report.results else "ood"
+
+
+def convention_line(report: OodReport) -> str:
+    """One sentence saying which class is positive and what the FPR metric counts."""
+    level = f"{100 * report.results[0].metrics.tpr_level:g} %" if report.results else "95 %"
+    if positive_of(report) == "ood":
+        return (f"OOD = positive (as pytorch-ood, torch-uncertainty): FPR = share of in-distribution inputs flagged "
+                f"at the threshold that catches {level} of the OOD inputs; --positive in for the other convention")
+    return (f"in-distribution = positive: FPR = share of OOD inputs accepted at the threshold that keeps {level} "
+            "of the in-distribution inputs; --positive ood for pytorch-ood's convention")
+
+
+def roc_axis_labels(positive: str) -> tuple[str, str]:
+    if positive == "ood":
+        return "False positive rate (in-dist. flagged)", "True positive rate (OOD flagged)"
+    return "False positive rate (OOD accepted)", "True positive rate (in-dist. accepted)"
+
+
 def _color(score: str) -> str:
     return SCORE_COLORS.get(score, "0.3")
 
@@ -133,7 +154,7 @@ def print_tables(result: OodResult, *, written: list[Path] | None = None) -> Non
                      f"{m['feature_dim']} features, {m['shrinkage_method']} shrinkage δ = {m['shrinkage']:.3g}")
     for line in sides:
         console.print(f"  [dim]{line}[/dim]")
-    console.print("  [dim]in-distribution = positive, scores higher for more in-distribution inputs; FPR: lower is "
+    console.print(f"  [dim]{convention_line(r)}; scores higher for more in-distribution inputs; FPR: lower is "
                   "better[/dim]")
     if written:
         console.print(f"[dim]wrote {len(written)} files to {written[0].parent}/[/dim]")
@@ -163,8 +184,9 @@ def roc_figure(report: OodReport, *, title: str | None = None, figsize: tuple[fl
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate (OOD accepted)")
-    ax.set_ylabel("True positive rate (in-dist. accepted)")
+    xlabel, ylabel = roc_axis_labels(positive_of(report))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, linewidth=0.5, alpha=0.35)
     ax.legend(loc="lower right", fontsize="x-small", title="Score (AUROC)", title_fontsize="x-small",
               framealpha=0.9)

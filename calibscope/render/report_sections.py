@@ -467,7 +467,8 @@ def _selective(section: Section, report: Report, embed: FigureEmbedder) -> str:
     out = ['<p class="lead">' + esc(
         f"Keep the most confident examples (score: {first.score}) and measure the error rate among them (the "
         "selective risk) at every coverage. AURC = mean risk over all coverages; E-AURC subtracts the AURC of "
-        "the best possible ranking, so it measures the ranking alone (Geifman et al. 2019).") + "</p>"]
+        "the best possible ranking, so it measures the ranking alone (Geifman et al. 2019). AUGRC = area under "
+        "the errors kept over all examples (Traub et al. 2024).") + "</p>"]
 
     def report_of(r: Any) -> Any:
         return r.reports[0]
@@ -482,6 +483,8 @@ def _selective(section: Section, report: Report, embed: FigureEmbedder) -> str:
         ("selective.aurc_optimal", "AURC* (optimal ranking)",
          lambda r: _num(rate(report_of(r).aurc_optimal), report_of(r).aurc_optimal, "selective.aurc_optimal",
                         r.name)),
+        ("selective.augrc", "AUGRC (lower is better)",
+         lambda r: _num(rate(report_of(r).augrc), report_of(r).augrc, "selective.augrc", r.name)),
     ]
     for i, point in enumerate(first.at_coverage):
         key = f"selective.accuracy_at.{point.target_coverage:g}"
@@ -536,6 +539,14 @@ def risk_coverage_comparison_figure(results: Sequence[Any], *, figsize: tuple[fl
 _OOD_METRICS = (("auroc", "AUROC"), ("aupr_in", "AUPR-In"), ("aupr_out", "AUPR-Out"), ("fpr_at_tpr", "FPR@95TPR"))
 
 
+def _threshold_words(ood_report: Any, level: float) -> str:
+    from calibscope.render.ood_view import positive_of
+
+    if positive_of(ood_report) == "ood":
+        return f"flags {100 * level:g} % of the OOD inputs"
+    return f"keeps {100 * level:g} % of the in-distribution inputs"
+
+
 def _ood(section: Section, report: Report, embed: FigureEmbedder) -> str:
     from calibscope.render import ood_view
 
@@ -549,7 +560,8 @@ def _ood(section: Section, report: Report, embed: FigureEmbedder) -> str:
     level = first.report.results[0].metrics.tpr_level
     out = ['<p class="lead">' + esc(
         f"In-distribution test inputs ({first.report.n_in:,}) against {Path(str(first.data.get('ood'))).name} "
-        f"({first.report.n_out:,}); every score is higher for inputs that look more in-distribution. AUROC and "
+        f"({first.report.n_out:,}); every score is higher for inputs that look more in-distribution; "
+        f"{ood_view.convention_line(first.report)}. AUROC and "
         f"AUPR: higher is better; FPR at {100 * level:g} % TPR: lower is better. Scores: max softmax probability "
         "(Hendrycks & Gimpel 2017), max logit, energy (Liu et al. 2020)"
         + (", Mahalanobis distance of the penultimate features (Lee et al. 2018)." if "mahalanobis" in scores
@@ -575,8 +587,7 @@ def _ood(section: Section, report: Report, embed: FigureEmbedder) -> str:
                                           caption="ROC of each score (AUROC in the legend).")))
         out.append(_figures(embed.html(figs["ood_scores"], alt="Score histograms", wide=True,
                                        caption="Share of in-distribution and OOD inputs per score bin; dashed: the "
-                                               f"threshold that keeps {100 * level:g} % of the in-distribution "
-                                               "inputs.")))
+                                               f"threshold that {_threshold_words(first.report, level)}.")))
     else:
         out.append(table)
         out.append(_figures(embed.html(roc_comparison_figure(results, scores), alt="ROC curves per score",
@@ -618,8 +629,11 @@ def roc_comparison_figure(results: Sequence[Any], scores: Sequence[str], *,
         ax.legend(loc="lower right", fontsize="xx-small", framealpha=0.9)
     for ax in axes[len(scores):]:
         ax.set_visible(False)
-    fig.supxlabel("False positive rate (OOD accepted)", fontsize="small")
-    fig.supylabel("True positive rate (in-dist. accepted)", fontsize="small")
+    from calibscope.render.ood_view import positive_of, roc_axis_labels
+
+    xlabel, ylabel = roc_axis_labels(positive_of(results[0].report))
+    fig.supxlabel(xlabel, fontsize="small")
+    fig.supylabel(ylabel, fontsize="small")
     return fig
 
 

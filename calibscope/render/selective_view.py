@@ -70,8 +70,8 @@ def _pct(value: float | None) -> str:
 
 
 def summary_rows(reports: tuple[SelectiveReport, ...] | list[SelectiveReport]) -> tuple[list[str], list[list[str]]]:
-    """Header (``Metric`` and one column per score) and rows: accuracy, AURC, E-AURC, AURC*, the accuracy at
-    each fixed coverage and, with a target risk, the coverage reachable and its threshold."""
+    """Header (``Metric`` and one column per score) and rows: accuracy, AURC, E-AURC, AURC*, AUGRC, AUGRC*, the
+    accuracy at each fixed coverage and, with a target risk, the coverage reachable and its threshold."""
     first = reports[0]
     header = ["Metric", *(r.score for r in reports)]
     rows = [
@@ -79,6 +79,8 @@ def summary_rows(reports: tuple[SelectiveReport, ...] | list[SelectiveReport]) -
         ["AURC (lower is better)", *(f"{r.aurc:.4f}" for r in reports)],
         ["E-AURC = AURC − AURC*", *(f"{r.excess_aurc:.4f}" for r in reports)],
         ["AURC* (optimal ranking)", *(f"{r.aurc_optimal:.4f}" for r in reports)],
+        ["AUGRC (lower is better)", *(f"{r.augrc:.4f}" for r in reports)],
+        ["AUGRC* (optimal ranking)", *(f"{r.augrc_optimal:.4f}" for r in reports)],
     ]
     for i, point in enumerate(first.at_coverage):
         rows.append([f"Accuracy @ {100 * point.target_coverage:g} % coverage",
@@ -117,7 +119,8 @@ def print_tables(result: SelectiveResult, *, written: list[Path] | None = None) 
     console.print(summary_table(result.reports))
     console.print(f"  [dim]{first.n:,} examples of {result.data.get('test') or result.path}{note}[/dim]")
     console.print("  [dim]risk = error rate of the kept examples; AURC = mean risk over the coverages 1/n..1 "
-                  "(Geifman et al. 2019); E-AURC = AURC − AURC* of the optimal ranking[/dim]")
+                  "(Geifman et al. 2019); E-AURC = AURC − AURC* of the optimal ranking; AUGRC = area under "
+                  "errors kept / n (Traub et al. 2024)[/dim]")
     if written:
         console.print(f"[dim]wrote {len(written)} files to {written[0].parent}/[/dim]")
 

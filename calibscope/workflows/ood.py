@@ -51,15 +51,23 @@ def check_shrinkage(value: Shrinkage) -> Shrinkage:
 class OodSettings:
     """``scores``: detectors (default msp, max-logit, energy, and mahalanobis when training data is given);
     ``temperature`` of msp and energy; ``shrinkage`` of the Mahalanobis covariance; ``tpr``: the TPR level of
-    the FPR metric; ``n_bins``: bins of the score histograms."""
+    the FPR metric; ``n_bins``: bins of the score histograms; ``positive``: the positive class of the FPR metric
+    and the ROC curves, ``"ood"`` (default: pytorch-ood's and torch-uncertainty's convention) or ``"in"``."""
 
     scores: tuple[str, ...] | None = None
     temperature: Temperature = DEFAULT_TEMPERATURE
     shrinkage: Shrinkage = DEFAULT_SHRINKAGE
     tpr: float = DEFAULT_TPR
     n_bins: int = DEFAULT_HISTOGRAM_BINS
+    positive: str = "ood"
 
     def __post_init__(self) -> None:
+        from calibscope.diagnostics.ood import check_positive
+
+        try:
+            object.__setattr__(self, "positive", check_positive(self.positive))
+        except InputError as exc:
+            raise ArgumentError("positive", str(exc)) from None
         if self.scores is not None:
             from calibscope.diagnostics.ood import parse_scores
 
@@ -97,7 +105,7 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     out_outputs = ood_outputs(session, ood_path, checkpoint=ckpt, num_classes=in_outputs.num_classes)
     report = ood_report(in_outputs.logits, out_outputs.logits, scores=names, temperature=t,
                         in_features=in_outputs.features, out_features=out_outputs.features,
-                        gaussians=gaussians, tpr_level=s.tpr, n_bins=s.n_bins)
+                        gaussians=gaussians, tpr_level=s.tpr, n_bins=s.n_bins, positive=s.positive)
     in_path = session.data_path if session.data_path is not None else (
         path if isinstance(ckpt, LogitsCheckpoint) else None)
     return OodResult(

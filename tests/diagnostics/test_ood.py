@@ -65,7 +65,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_metrics_equal_sklearn_and_direct_fpr(case):
     s_in, s_out = CASES[case](np.random.default_rng(0))
-    m = detection_metrics(torch.from_numpy(s_in), torch.from_numpy(s_out))
+    m = detection_metrics(torch.from_numpy(s_in), torch.from_numpy(s_out), positive="in")
     ref = sklearn_reference(s_in, s_out)
     assert m.auroc == pytest.approx(ref["auroc"], abs=1e-9)
     assert m.aupr_in == pytest.approx(ref["aupr_in"], abs=1e-9)
@@ -79,7 +79,7 @@ def test_float32_scores_and_other_tpr_level():
     g = np.random.default_rng(1)
     s_in = np.round(g.normal(1, 1, 333), 2).astype(np.float32)
     s_out = np.round(g.normal(0, 1, 222), 2).astype(np.float32)
-    m = detection_metrics(torch.from_numpy(s_in), torch.from_numpy(s_out), tpr_level=0.8)
+    m = detection_metrics(torch.from_numpy(s_in), torch.from_numpy(s_out), tpr_level=0.8, positive="in")
     ref = sklearn_reference(s_in.astype(np.float64), s_out.astype(np.float64))
     assert m.auroc == pytest.approx(ref["auroc"], abs=1e-9)
     assert m.aupr_in == pytest.approx(ref["aupr_in"], abs=1e-9)
@@ -92,7 +92,7 @@ def test_roc_curve_equals_sklearn(case):
     y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
     for drop in (True, False):
         fpr, tpr, thr = sklearn_metrics.roc_curve(y, np.r_[s_in, s_out], drop_intermediate=drop)
-        curve = roc_curve(torch.from_numpy(s_in), torch.from_numpy(s_out), drop_intermediate=drop)
+        curve = roc_curve(torch.from_numpy(s_in), torch.from_numpy(s_out), drop_intermediate=drop, positive="in")
         np.testing.assert_allclose(curve.fpr, fpr, atol=1e-15)
         np.testing.assert_allclose(curve.tpr, tpr, atol=1e-15)
         np.testing.assert_array_equal(curve.thresholds, thr)
