@@ -78,8 +78,9 @@ def ood(
 
     OOD inputs are the positives of FPR@95TPR by default (--positive in for the other convention; the output
     says which); every score is higher for inputs that look more in-distribution. Ties are handled as
-    scikit-learn does. Scores: max softmax probability (Hendrycks & Gimpel 2017), max logit, energy T·logsumexp(z/T) (Liu et al. 2020) and, with --train, the Mahalanobis
-    distance of the penultimate features to the closest class mean (Lee et al. 2018).
+    scikit-learn does. Scores: max softmax probability (Hendrycks & Gimpel 2017), max logit, energy
+    T·logsumexp(z/T) (Liu et al. 2020) and, with --train, the Mahalanobis distance of the penultimate
+    features to the closest class mean (Lee et al. 2018).
 
     Examples:
 
