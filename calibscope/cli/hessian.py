@@ -26,6 +26,7 @@ from calibscope.cli._common import (
 from calibscope.diagnostics.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXAMPLES,
+    DEFAULT_HUTCHPP_HVP,
     DEFAULT_MAX_HVP,
     DEFAULT_TOL,
     DEFAULT_TOP,
@@ -56,6 +57,14 @@ def hessian(
                            "(batch statistics; running ones left untouched)."),
     trace_samples: int = typer.Option(DEFAULT_TRACE_SAMPLES, "--trace-samples", help="Hutchinson probes for the "
                                       "trace estimate (0: no trace)."),
+    trace_method: str = typer.Option("hutchinson", "--trace-method", help="Trace estimator: hutchinson, hutchpp "
+                                     "(Hutch++, Meyer et al. 2021: a sketch of the top of the spectrum taken "
+                                     "exactly, Hutchinson on the rest) or both, side by side at the same number "
+                                     "of Hessian-vector products, each with its standard error."),
+    trace_hvps: int | None = typer.Option(None, "--trace-hvps", help="Hessian-vector products per trace estimate "
+                                          "(a multiple of 3 for hutchpp/both) [default: --trace-samples for "
+                                          f"hutchinson, {DEFAULT_HUTCHPP_HVP} for hutchpp/both].",
+                                          show_default=False),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also the top eigenvalue of each layer's "
                                    "diagonal block."),
     density: bool = typer.Option(False, "--density", help="Also the spectral density by stochastic Lanczos "
@@ -105,7 +114,8 @@ def hessian(
         from calibscope.workflows.hessian import HessianSettings, run_hessian
 
         settings = HessianSettings(top=top, examples=examples, tol=tol, max_hvp=max_hvp, seed=seed, repeats=repeats,
-                                   params=params, bn=bn, trace_samples=trace_samples, per_layer=per_layer,
+                                   params=params, bn=bn, trace_samples=trace_samples, trace_method=trace_method,
+                                   trace_hvps=trace_hvps, per_layer=per_layer,
                                    density=density, batch_size=batch_size)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                                        arch_kwargs=arch_kwargs, trust=trust,

@@ -32,3 +32,4 @@ DEFAULT_ODIN_EPSILON = 0.0014  # Liang et al. 2018 (CIFAR)
 DEFAULT_GRADNORM_TEMPERATURE = 1.0  # Huang et al. 2021
 DEFAULT_GRAM_POLES = 10  # Sastry & Oore 2020: orders p = 1..10
 DEFAULT_GRAM_VAL_FRACTION = 0.1  # held out of the fit data per class to normalise, without --val (pytorch-ood)
+DEFAULT_HUTCHPP_HVP = 30  # Hutch++ budget m (10 sketch, 10 projection, 10 residual products)

@@ -204,6 +204,7 @@ class HessianSpectrum:
     trace: TraceEstimate | None = None
     per_layer: tuple[LayerEigenvalue, ...] = ()
     density: SpectralDensity | None = None
+    trace_hutchpp: TraceEstimate | None = None
 
     @property
     def ratio(self) -> float:
@@ -223,6 +224,8 @@ class HessianRepeats:
     ratio_std: float
     trace_mean: float | None
     trace_std: float | None
+    trace_hutchpp_mean: float | None = None
+    trace_hutchpp_std: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -847,6 +850,36 @@ def lanczos_top_eigenvalues(
                          n_matvec=lanczos.n_matvec)
 
 
+TraceMethod = Literal["hutchinson", "hutchpp", "both"]
+TRACE_METHODS: tuple[str, ...] = ("hutchinson", "hutchpp", "both")
+
+
+def trace_budget(method: str, trace_samples: int, trace_hvps: int | None) -> int:
+    """Hessian-vector products per trace estimate (0: no trace), checked against ``method``.
+
+    ``trace_hvps`` when given; else ``trace_samples`` for Hutchinson alone, and for Hutch++ (or both, side by
+    side at the same budget) :data:`~calibscope.diagnostics.trace.DEFAULT_HUTCHPP_HVP` unless
+    ``trace_samples`` is 0. Hutch++ needs a multiple of 3, at least 6; Hutchinson at least 2.
+    """
+    from calibscope.diagnostics.defaults import DEFAULT_HUTCHPP_HVP
+
+    if method not in TRACE_METHODS:
+        raise InputError(f"Expected argument `trace_method` to be one of {', '.join(TRACE_METHODS)}, but got "
+                         f"{method!r}")
+    if trace_hvps is None:
+        budget = trace_samples if method == "hutchinson" or not trace_samples else DEFAULT_HUTCHPP_HVP
+    else:
+        _check_int("trace_hvps", trace_hvps, 0)
+        budget = trace_hvps
+    if budget and method != "hutchinson" and (budget < 6 or budget % 3):
+        raise InputError(f"Expected argument `trace_hvps` to be a multiple of 3 that is at least 6 for Hutch++ "
+                         f"(a third sketches, a third projects, a third probes the rest), but got {budget}")
+    if budget == 1:
+        raise InputError("Expected argument `trace_hvps` to be 0 (no trace) or at least 2 (for a standard error), "
+                         "but got 1")
+    return budget
+
+
 def hutchinson_trace(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     dim: int,
@@ -947,6 +980,8 @@ def top_hessian_eigenvalues(
     part: tuple[int, int] = (0, 1),
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output: str | int | None = None,
+    trace_method: TraceMethod = "hutchinson",
+    trace_hvps: int | None = None,
 ) -> HessianSpectrum:
     """λ1 ≥ … ≥ λ_top of the Hessian of the mean cross-entropy on a seeded subset, with residual bounds.
 
@@ -963,6 +998,10 @@ def top_hessian_eigenvalues(
         bn: ``"eval"`` (running statistics) or ``"train"`` (batch statistics; the numbers then depend on
             ``batch_size``).
         trace_samples: Hutchinson probes for the trace (0: no trace estimate).
+        trace_method: ``"hutchinson"``, ``"hutchpp"`` (Hutch++, Meyer et al. 2021) or ``"both"``, each with
+            the same budget of Hessian-vector products (:func:`trace_budget`).
+        trace_hvps: that budget (None: ``trace_samples`` for Hutchinson alone, else
+            :data:`~calibscope.diagnostics.trace.DEFAULT_HUTCHPP_HVP`; a multiple of 3 for Hutch++).
         per_layer: also the top eigenvalue of each layer's diagonal block.
         density: also the spectral density by stochastic Lanczos quadrature.
         mean, std: per-channel normalisation after uint8 → [0, 1], as in inference.
@@ -980,6 +1019,7 @@ def top_hessian_eigenvalues(
     if trace_samples == 1:
         raise InputError("Expected argument `trace_samples` to be 0 (no trace) or at least 2 (for a standard "
                          "error), but got 1")
+    budget = trace_budget(trace_method, trace_samples, trace_hvps)
     _check_int("subset", subset, 0)
     if subset >= repeats:
         raise InputError(f"Expected argument `subset` to be below `repeats` ({repeats}), but got {subset}")
@@ -1009,9 +1049,13 @@ def top_hessian_eigenvalues(
         _sync(device)
         seconds = time.perf_counter() - t0
         loss = op.loss()
-        trace = None
-        if trace_samples:
-            trace = hutchinson_trace(op, op.dim, samples=trace_samples, seed=seed + 1, device=device, dtype=dtype)
+        trace = trace_pp = None
+        if budget and trace_method in ("hutchinson", "both"):
+            trace = hutchinson_trace(op, op.dim, samples=budget, seed=seed + 1, device=device, dtype=dtype)
+        if budget and trace_method in ("hutchpp", "both"):
+            from calibscope.diagnostics.trace import hutchplusplus_trace
+
+            trace_pp = hutchplusplus_trace(op, op.dim, n_hvp=budget, seed=seed + 1, device=device, dtype=dtype)
         layers: tuple[LayerEigenvalue, ...] = ()
         if per_layer:
             op.release()  # one kept graph at a time
@@ -1030,7 +1074,7 @@ def top_hessian_eigenvalues(
         device=str(device), processes=int(part[1]))
     return HessianSpectrum(eigenvalues=eig.eigenvalues, residuals=eig.residuals, converged=eig.converged,
                            n_hvp=eig.n_matvec, seconds=seconds, loss=loss, settings=settings, trace=trace,
-                           per_layer=layers, density=dens)
+                           per_layer=layers, density=dens, trace_hutchpp=trace_pp)
 
 
 def _per_layer(model, inputs, labels, chosen, op: HessianOperator, *, tol, max_hvp, seed, mean, std):
@@ -1073,9 +1117,12 @@ def hessian_repeats(
     ratios = np.asarray([s.ratio for s in spectra])
     ddof = 1 if repeats > 1 else 0
     traces = [s.trace.trace for s in spectra if s.trace is not None]
+    traces_pp = [s.trace_hutchpp.trace for s in spectra if s.trace_hutchpp is not None]
     return HessianRepeats(
         spectra=tuple(spectra), eigenvalues_mean=tuple(eig.mean(0).tolist()),
         eigenvalues_std=tuple(eig.std(0, ddof=ddof).tolist()), ratio_mean=float(ratios.mean()),
         ratio_std=float(ratios.std(ddof=ddof)),
         trace_mean=float(np.mean(traces)) if traces else None,
-        trace_std=float(np.std(traces, ddof=ddof)) if traces else None)
+        trace_std=float(np.std(traces, ddof=ddof)) if traces else None,
+        trace_hutchpp_mean=float(np.mean(traces_pp)) if traces_pp else None,
+        trace_hutchpp_std=float(np.std(traces_pp, ddof=ddof)) if traces_pp else None)

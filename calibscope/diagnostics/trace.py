@@ -31,7 +31,7 @@ from calibscope.errors import InputError
 
 __all__ = ["hutchplusplus_trace", "DEFAULT_HUTCHPP_HVP"]
 
-DEFAULT_HUTCHPP_HVP = 30  # m: 10 sketch, 10 projection and 10 residual products
+from calibscope.diagnostics.defaults import DEFAULT_HUTCHPP_HVP  # noqa: E402 - torch-free, for --help
 
 
 def _rademacher(dim: int, cols: int, gen: torch.Generator, device, dtype) -> torch.Tensor:

@@ -51,6 +51,7 @@ def document(results: list[HessianResult]) -> dict[str, Any]:
                 "count": len(rep.spectra), "eigenvalues_mean": rep.eigenvalues_mean,
                 "eigenvalues_std": rep.eigenvalues_std, "ratio_mean": rep.ratio_mean, "ratio_std": rep.ratio_std,
                 "trace_mean": rep.trace_mean, "trace_std": rep.trace_std,
+                "trace_hutchpp_mean": rep.trace_hutchpp_mean, "trace_hutchpp_std": rep.trace_hutchpp_std,
                 "subsets": [_spectrum_dict(s) for s in rep.spectra],
             }
         entries.append(entry)
@@ -200,7 +201,13 @@ def _rows(r: HessianResult, k: int) -> list[tuple[str, str]]:
     if rep is not None and rep.trace_mean is not None:
         rows.append(("trace (Hutchinson)", f"{_num(rep.trace_mean)} ± {_num(rep.trace_std)}"))
     elif s.trace is not None:
-        rows.append(("trace (Hutchinson)", f"{_num(s.trace.trace)} ± {_num(s.trace.standard_error)} (s.e.)"))
+        rows.append(("trace (Hutchinson)", f"{_num(s.trace.trace)} ± {_num(s.trace.standard_error)} (s.e., "
+                     f"{s.trace.n_hvp} HVPs)"))
+    if rep is not None and rep.trace_hutchpp_mean is not None:
+        rows.append(("trace (Hutch++)", f"{_num(rep.trace_hutchpp_mean)} ± {_num(rep.trace_hutchpp_std)}"))
+    elif s.trace_hutchpp is not None:
+        t = s.trace_hutchpp
+        rows.append(("trace (Hutch++)", f"{_num(t.trace)} ± {_num(t.standard_error)} (s.e., {t.n_hvp} HVPs)"))
     rows += [
         ("loss (mean CE)", _num(s.loss)),
         ("HVPs (Lanczos)", str(s.n_hvp) if rep is None else " / ".join(str(x.n_hvp) for x in rep.spectra)),

@@ -17,7 +17,7 @@ from calibscope.diagnostics.defaults import (
     DEFAULT_TOP,
     DEFAULT_TRACE_SAMPLES,
 )
-from calibscope.errors import ArgumentError
+from calibscope.errors import ArgumentError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.results import HessianResult
@@ -32,7 +32,9 @@ class HessianSettings:
     when every wanted eigenvalue has residual ≤ ``tol``·|λ| or after ``max_hvp`` products; ``repeats``
     disjoint subsets; ``params``: all, last or a regular expression over parameter names; ``bn``: BatchNorm
     statistics (eval or train); ``trace_samples`` Hutchinson probes; ``per_layer`` blocks; ``density`` by
-    stochastic Lanczos quadrature; ``batch_size`` of the Hessian-vector products."""
+    stochastic Lanczos quadrature; ``batch_size`` of the Hessian-vector products; ``trace_method``:
+    ``hutchinson``, ``hutchpp`` (Meyer et al. 2021) or ``both`` at the same budget of ``trace_hvps`` products
+    (:func:`~calibscope.diagnostics.hessian.trace_budget`)."""
 
     top: int = DEFAULT_TOP
     examples: int = DEFAULT_EXAMPLES
@@ -46,6 +48,8 @@ class HessianSettings:
     per_layer: bool = False
     density: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
+    trace_method: str = "hutchinson"
+    trace_hvps: int | None = None
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -54,6 +58,12 @@ class HessianSettings:
             if getattr(self, name) < least:
                 raise ArgumentError(name, f"`{name}` must be at least {least}, got {getattr(self, name)}")
         check_seed(self.seed)
+        from calibscope.diagnostics.hessian import trace_budget
+
+        try:
+            trace_budget(self.trace_method, self.trace_samples, self.trace_hvps)
+        except InputError as exc:
+            raise ArgumentError("trace_hvps" if self.trace_hvps is not None else "trace_method", str(exc)) from None
 
 
 def run_hessian(session: Session, checkpoints: Sequence[Path | str], settings: HessianSettings | None = None, *,
@@ -73,7 +83,8 @@ def run_hessian(session: Session, checkpoints: Sequence[Path | str], settings: H
     target = resolve_device(session.device)
     options = dict(top=s.top, tol=s.tol, examples=s.examples, seed=s.seed, params=s.params, bn=s.bn,
                    batch_size=s.batch_size, max_hvp=s.max_hvp, trace_samples=s.trace_samples,
-                   per_layer=s.per_layer, density=s.density)
+                   per_layer=s.per_layer, density=s.density, trace_method=s.trace_method,
+                   trace_hvps=s.trace_hvps)
     group = distributed.current()
     if group is not None:  # under torchrun: each rank a part of the subset, products summed over ranks
         options.update(part=(group.rank, group.world_size), reduce=group.all_reduce_sum)
