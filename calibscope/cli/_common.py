@@ -50,9 +50,52 @@ HELP = {
 }
 
 
+# Ensembles and MC-dropout (calibscope.workflows.ensemble), on every command that evaluates predictions.
+HELP_ENSEMBLE = ("Average the checkpoints' softmax probabilities into one model, shown as ensemble(a,b,…) "
+                 "(logits = log of the mean probability); the members must give the same classes on the same "
+                 "data. Only the ensemble is reported (run without --ensemble for the members).")
+HELP_MC_DROPOUT = ("MC-dropout: N ≥ 1 stochastic passes with the dropout layers in train mode (the rest in eval), "
+                   "averaged like an ensemble; masks seeded by --seed. Eager models only (state_dict / "
+                   "safetensors + arch, Hugging Face); refused for .pt2, TorchScript, ONNX, logits files and "
+                   "models without dropout.")
+HELP_MC_SEED = "Seed of the MC-dropout masks (with --mc-dropout)."
+EnsembleOpt = Annotated[bool, typer.Option("--ensemble", help=HELP_ENSEMBLE)]
+McDropoutOpt = Annotated[int | None, typer.Option("--mc-dropout", help=HELP_MC_DROPOUT, show_default=False)]
+McSeedOpt = Annotated[int, typer.Option("--seed", help=HELP_MC_SEED)]
+
+
+def model_refs(checkpoints: list[Path], *, ensemble: bool = False, mc_dropout: int | None = None,
+               seed: int = 0) -> list[tuple[str, Any]]:
+    """(display name, checkpoint path or :class:`~calibscope.workflows.ensemble.Predictive`) of each model to
+    evaluate: the checkpoints as they are, one ensemble of them (``--ensemble``), and/or MC-dropout of each."""
+    if mc_dropout is not None and (mc_dropout < 1):
+        raise InputError(f"--mc-dropout must be a number of stochastic passes ≥ 1, got {mc_dropout}")
+    if not ensemble and mc_dropout is None:
+        return list(zip(display_names(checkpoints), checkpoints, strict=True))
+    from calibscope.workflows.ensemble import Predictive
+
+    passes = mc_dropout or 0
+    if ensemble:
+        spec = Predictive(tuple(checkpoints), mc_dropout=passes, seed=seed)
+        return [(spec.name, spec)]
+    specs = [Predictive((p,), mc_dropout=passes, seed=seed, names=(n,))
+             for n, p in zip(display_names(checkpoints), checkpoints, strict=True)]
+    return [(spec.name, spec) for spec in specs]
+
+
+def one_model(checkpoints: list[Path], *, ensemble: bool = False, mc_dropout: int | None = None,
+              seed: int = 0) -> tuple[str, Any]:
+    """The one model of a single-model command: a checkpoint, or (``--ensemble``) the ensemble of several."""
+    if len(checkpoints) > 1 and not ensemble:
+        raise InputError(f"this command evaluates one model but got {len(checkpoints)} checkpoints; pass "
+                         "--ensemble to average them into one")
+    return model_refs(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)[0]
+
+
 # Help texts shared by ood and selective.
 HELP_SCORES = ("Comma-separated confidence scores: msp (max softmax probability), max-logit, energy (Liu et al. "
-               "2020), mahalanobis (Lee et al. 2018; needs --train)")
+               "2020), mahalanobis (Lee et al. 2018; needs --train), and with --ensemble / --mc-dropout the "
+               "epistemic mutual-information (BALD) and disagreement")
 HELP_TRAIN = ("Training data (with labels) for the mahalanobis score: class means and one shared covariance of "
               "the penultimate features. Its 'train' split is used when it holds several.")
 HELP_TEMPERATURE = ("Softmax temperature T for msp and energy: a number (e.g. the T that 'calibscope temperature' "

@@ -12,10 +12,12 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LogOpt,
+    McDropoutOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -30,8 +32,9 @@ from calibscope.workflows.conformal import DEFAULT_ALPHA, DEFAULT_METHOD
 
 
 def conformal(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
-                                      "logits file.", show_default=False),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "
+                  "file; several with --ensemble.", show_default=False),
     val: Path = typer.Option(..., "--val", help="Labelled calibration data (its 'val' split where it has "
                              "several), exchangeable with --data; never the training data.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
@@ -48,13 +51,16 @@ def conformal(
                                      show_default=False),
     lam: float | None = typer.Option(None, "--lambda", help="RAPS: penalty per rank beyond k_reg.",
                                      show_default=False),
-    seed: int = typer.Option(0, "--seed", help="Seed of the uniforms and of the RAPS tuning split."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the uniforms, of the RAPS tuning split and of the "
+                             "MC-dropout masks."),
     min_coverage: float | None = typer.Option(None, "--min-coverage", help="Gate: exit 1 if the empirical "
                                               "coverage on --data is below this (e.g. 0.88).", show_default=False),
     json_: JsonOpt = False,
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Coverage and size against α: "
                                     "conformal_coverage.png/.svg; numbers: conformal.json.", show_default=False),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
@@ -92,7 +98,7 @@ def conformal(
         from calibscope.render import trackers
 
         log = trackers.check_trackers(log)
-        from calibscope.cli._common import display_names, project_defaults, session_from_options
+        from calibscope.cli._common import one_model, project_defaults, session_from_options
         from calibscope.errors import GateFailed
         from calibscope.render import conformal_view
         from calibscope.workflows.conformal import ConformalSettings, run_conformal
@@ -104,7 +110,8 @@ def conformal(
                                        arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
                                        labels=labels, device=device, precision=precision, batch_size=batch_size,
                                        mean=mean, std=std, no_cache=no_cache, defaults=project_defaults())
-        result = run_conformal(session, checkpoint, settings, val=val, name=display_names([checkpoint])[0])
+        name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
+        result = run_conformal(session, model, settings, val=val, name=name)
         doc = conformal_view.document(result)
         trackers.log_run(log, name="conformal", document=doc)
         written = conformal_view.write_outputs(out, result, doc) if out is not None else None

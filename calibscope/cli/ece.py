@@ -13,12 +13,14 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     FormatOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LimitOpt,
     LogOpt,
+    McDropoutOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -48,7 +50,7 @@ def ece(
                               "2019), ACE (equal-mass bins), classwise ECE (SCE) and smooth ECE."),
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap confidence intervals from N resamples of "
                                   "the examples (N ≥ 200; 0 = off).", show_default=False),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling and of the MC-dropout masks."),
     bins_csv: Path | None = typer.Option(None, "--bins-csv", help="Write the per-bin table (every checkpoint) "
                                          "to this CSV file.", show_default=False),
     temperature: float | None = typer.Option(None, "--temperature", "-T", help="Divide the logits by this "
@@ -73,6 +75,8 @@ def ece(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Reliability diagrams: "
                                     "reliability_NAME.png/.svg; numbers: ece.json.", show_default=False),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
@@ -111,8 +115,8 @@ def ece(
 
         check_outputs(files={"--junit": junit, "--bins-csv": bins_csv}, folders={"--out": out})
         from calibscope.cli._common import (
-            display_names,
             echo_err,
+            model_refs,
             output_format,
             pick,
             project_defaults,
@@ -148,8 +152,9 @@ def ece(
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=defaults)
-        results = [run_calibration(session, path, settings, name=name, baseline=base, n_results=len(checkpoints))
-                   for name, path in zip(display_names(checkpoints), checkpoints, strict=True)]
+        models = model_refs(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
+        results = [run_calibration(session, ref, settings, name=name, baseline=base, n_results=len(models))
+                   for name, ref in models]
         gate = ece_gate(results, max_ece=gate_ece, max_increase=increase, baseline=base)
         doc = ece_view.document(results, gate=gate)
         for r in results:

@@ -17,10 +17,13 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LogOpt,
+    McDropoutOpt,
+    McSeedOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -35,8 +38,9 @@ from calibscope.workflows.ood import DEFAULT_HISTOGRAM_BINS, DEFAULT_SHRINKAGE, 
 
 
 def ood(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or a "
-                                      "logits file of the in-distribution test set.", show_default=False),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or a logits file of the "
+                  "in-distribution test set; several with --ensemble.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help="In-distribution test set. " + HELP["data"],
                                      show_default=False),
     ood_data: Path = typer.Option(..., "--ood-data", help="Out-of-distribution inputs: a dataset with the same "
@@ -57,6 +61,9 @@ def ood(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " ROC curves: ood_roc.png/.svg; "
                                     "score histograms: ood_scores.png/.svg; numbers: ood.json.", show_default=False),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
+    seed: McSeedOpt = 0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
@@ -98,7 +105,7 @@ def ood(
 
         check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
-            display_names,
+            one_model,
             parse_shrinkage,
             parse_temperature,
             project_defaults,
@@ -114,8 +121,8 @@ def ood(
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
-        result = run_ood(session, checkpoint, settings, ood_data=ood_data, train=train,
-                         name=display_names([checkpoint])[0])
+        name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
+        result = run_ood(session, model, settings, ood_data=ood_data, train=train, name=name)
         doc = ood_view.document(result)
         trackers.log_run(log, name="ood", document=doc)
         written = ood_view.write_outputs(out, result, doc) if out is not None else None

@@ -17,10 +17,13 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LogOpt,
+    McDropoutOpt,
+    McSeedOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -36,8 +39,9 @@ from calibscope.workflows.selective import DEFAULT_COVERAGES, DEFAULT_SCORES
 
 
 def selective(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
-                                      "logits file.", show_default=False),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "
+                  "file; several with --ensemble.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
     score: str = typer.Option(",".join(DEFAULT_SCORES), "--score", "-s",
                               help=HELP_SCORES + "; several are drawn side by side."),
@@ -55,6 +59,9 @@ def selective(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
                                     "risk_coverage.png/.svg; numbers: selective.json.", show_default=False),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
+    seed: McSeedOpt = 0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
@@ -95,7 +102,7 @@ def selective(
 
         check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
-            display_names,
+            one_model,
             parse_floats,
             parse_shrinkage,
             parse_temperature,
@@ -113,7 +120,8 @@ def selective(
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
-        result = run_selective(session, checkpoint, settings, train=train, name=display_names([checkpoint])[0])
+        name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
+        result = run_selective(session, model, settings, train=train, name=name)
         doc = selective_view.document(result)
         trackers.log_run(log, name="selective", document=doc)
         written = selective_view.write_outputs(out, result, doc) if out is not None else None

@@ -13,11 +13,14 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     JsonOpt,
     LabelColumnOpt,
     LabelsOpt,
     LimitOpt,
     LogOpt,
+    McDropoutOpt,
+    McSeedOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -33,8 +36,9 @@ from calibscope.workflows.temperature import DEFAULT_OBJECTIVE
 
 
 def temperature(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
-                                      "logits file to fit a temperature for.", show_default=False),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file to fit a "
+                  "temperature for; several with --ensemble.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data to fit T on (a validation split). "
                                      + HELP["data"], show_default=False),
     apply: Path | None = typer.Option(None, "--apply", help="Held-out data to apply T to and report on (a "
@@ -52,6 +56,9 @@ def temperature(
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " temperature_sweep.png/.svg "
                                     "(ECE and NLL against T), reliability_before/after, temperature.json.",
                                     show_default=False),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
+    seed: McSeedOpt = 0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust: TrustOpt = False,
@@ -86,7 +93,7 @@ def temperature(
         from calibscope.cli._common import check_outputs
 
         check_outputs(files={"--save-temperature": save_temperature}, folders={"--out": out})
-        from calibscope.cli._common import display_names, echo_err, pick, project_defaults, session_from_options
+        from calibscope.cli._common import echo_err, one_model, pick, project_defaults, session_from_options
         from calibscope.render import temperature_view as view
         from calibscope.workflows.temperature import TemperatureSettings, run_temperature
 
@@ -99,8 +106,8 @@ def temperature(
                                        defaults=defaults)
         held_out = None if apply is None else session.for_data(apply, split=session.split,
                                                                label_column=session.label_column)
-        result = run_temperature(session, checkpoint, settings, apply=held_out,
-                                 name=display_names([checkpoint])[0])
+        name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
+        result = run_temperature(session, model, settings, apply=held_out, name=name)
         doc = view.document(result)
         trackers.log_run(log, name="temperature", document=doc)
         for w in result.warnings:

@@ -44,10 +44,12 @@ from typing import Any, Literal
 
 import torch
 
+from calibscope.diagnostics.ensemble import EPISTEMIC_SCORES  # need ensemble members / MC-dropout passes
 from calibscope.errors import InputError
 
 __all__ = [
     "DEFAULT_POSITIVE",
+    "EPISTEMIC_SCORES",
     "LOGIT_SCORES",
     "POSITIVES",
     "SCORES",
@@ -71,11 +73,12 @@ __all__ = [
     "score_histogram",
 ]
 
-Score = Literal["msp", "max-logit", "energy", "mahalanobis"]
-SCORES: tuple[str, ...] = ("msp", "max-logit", "energy", "mahalanobis")
+Score = Literal["msp", "max-logit", "energy", "mahalanobis", "mutual-information", "disagreement"]
+SCORES: tuple[str, ...] = ("msp", "max-logit", "energy", "mahalanobis", "mutual-information", "disagreement")
 LOGIT_SCORES: tuple[str, ...] = ("msp", "max-logit", "energy")  # need only the logits
 _ALIASES = {"max_logit": "max-logit", "maxlogit": "max-logit", "max-softmax": "msp", "max_softmax": "msp",
-            "maha": "mahalanobis"}
+            "maha": "mahalanobis", "mi": "mutual-information", "mutual_information": "mutual-information",
+            "bald": "mutual-information"}
 _F64 = torch.float64
 _REFERENCES = {
     "msp": "Hendrycks & Gimpel 2017, A Baseline for Detecting Misclassified and Out-of-Distribution Examples",
@@ -83,12 +86,18 @@ _REFERENCES = {
     "energy": "Liu et al. 2020, Energy-based Out-of-distribution Detection, Eq. 1",
     "mahalanobis": "Lee et al. 2018, A Simple Unified Framework for Detecting Out-of-Distribution Samples "
                    "and Adversarial Attacks, Eq. 2 (last layer, no input pre-processing)",
+    "mutual-information": "Houlsby et al. 2011, Bayesian Active Learning for Classification and Preference "
+                          "Learning, Eq. 2 (BALD); Gal 2016, Uncertainty in Deep Learning, §3.3.1",
+    "disagreement": "variance of the members' probability of the predicted class (the MC-dropout sample "
+                    "spread of Kendall et al. 2017, Bayesian SegNet, at the predicted class)",
 }
 _FORMULAS = {
     "msp": "max_k softmax(z/T)_k",
     "max-logit": "max_k z_k",
     "energy": "T * logsumexp(z/T)  (= -E(x))",
     "mahalanobis": "-min_c (f(x) - mu_c)^T Sigma^-1 (f(x) - mu_c)",
+    "mutual-information": "-(H(p_bar) - (1/S) sum_s H(p_s)),  p_bar = (1/S) sum_s softmax(z_s)",
+    "disagreement": "-(1/S) sum_s (p_s(y_hat) - p_bar(y_hat))^2,  y_hat = argmax p_bar",
 }
 
 
@@ -430,15 +439,29 @@ def confidence_score(
     temperature: float = 1.0,
     features: torch.Tensor | None = None,
     gaussians: ClassGaussians | None = None,
+    member_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One of :data:`SCORES` by name (higher = more confident / more in-distribution); float64 ``[N]``.
 
     ``features`` and ``gaussians`` are needed only for ``"mahalanobis"``; ``temperature`` applies to ``"msp"``
-    and ``"energy"``.
+    and ``"energy"``; ``member_logits`` ``[S, N, K]`` (the members of an ensemble or the MC-dropout passes) only
+    for the epistemic scores ``"mutual-information"`` and ``"disagreement"``, which enter negated
+    (:func:`calibscope.diagnostics.ensemble.epistemic_confidence`).
     """
     (name,) = parse_scores([score]) if isinstance(score, str) else (None,)
     if name is None:
         raise InputError(f"Expected argument `score` to be one of {', '.join(SCORES)}, but got {score!r}")
+    if name in EPISTEMIC_SCORES:
+        from calibscope.diagnostics.ensemble import epistemic_confidence, member_log_probs
+
+        if member_logits is None or member_logits.ndim != 3 or member_logits.shape[0] < 2:
+            raise InputError(f"the '{name}' score measures how much several predictive distributions disagree: "
+                             "it needs the members of an ensemble or MC-dropout passes (--ensemble with several "
+                             "checkpoints, or --mc-dropout N with N ≥ 2)")
+        if member_logits.shape[1:] != logits.shape:
+            raise InputError(f"Expected `member_logits` of shape [S, {logits.shape[0]}, {logits.shape[1]}], but got "
+                             f"{tuple(member_logits.shape)}")
+        return epistemic_confidence(member_log_probs(member_logits), score=name)
     if name == "msp":
         return max_softmax_score(logits, temperature=temperature)
     if name == "max-logit":
@@ -749,6 +772,8 @@ def ood_report(
     n_bins: int = 50,
     positive: Positive = DEFAULT_POSITIVE,
     precomputed: Mapping[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = None,
+    in_member_logits: torch.Tensor | None = None,
+    out_member_logits: torch.Tensor | None = None,
 ) -> OodReport:
     r"""Score in-distribution and OOD inputs with each detector and measure how well each separates them.
 
@@ -760,6 +785,8 @@ def ood_report(
         temperature: T for msp and energy (e.g. a temperature fitted on validation data, Guo et al. 2017).
         in_features, out_features: ``[N, D]`` penultimate features, for mahalanobis.
         gaussians: :func:`fit_class_gaussians` on training features, for mahalanobis.
+        in_member_logits, out_member_logits: ``[S, N, K]`` logits of the S members of an ensemble / MC-dropout
+            passes (``in_logits`` being the log of their mean softmax), for mutual-information and disagreement.
         tpr_level: the TPR of the FPR metric (0.95: FPR at 95 % TPR).
         n_bins: bins of the score histograms.
         positive: the positive class of the FPR metric and the ROC curves, ``"ood"`` (default) or ``"in"``.
@@ -794,9 +821,10 @@ def ood_report(
         if name in given:
             s_in, s_out, definition = given[name]
         else:
-            s_in = confidence_score(in_logits, score=name, temperature=t, features=in_features, gaussians=gaussians)
+            s_in = confidence_score(in_logits, score=name, temperature=t, features=in_features, gaussians=gaussians,
+                                    member_logits=in_member_logits)
             s_out = confidence_score(out_logits, score=name, temperature=t, features=out_features,
-                                     gaussians=gaussians)
+                                     gaussians=gaussians, member_logits=out_member_logits)
             definition = {"formula": _FORMULAS[name], "reference": _REFERENCES[name]}
             if name in ("msp", "energy"):
                 definition["temperature"] = t

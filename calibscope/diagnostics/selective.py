@@ -415,6 +415,7 @@ def selective_report(
     gaussians: ClassGaussians | None = None,
     coverages: Sequence[float] = DEFAULT_COVERAGES,
     target_risk: float | None = None,
+    member_logits: torch.Tensor | None = None,
 ) -> SelectiveReport:
     """:func:`risk_coverage` of a classifier's outputs: prediction = argmax of the logits, confidence = ``score``.
 
@@ -425,6 +426,7 @@ def selective_report(
         temperature: T for msp and energy (the prediction does not depend on it).
         features, gaussians: for ``score="mahalanobis"`` (see :func:`~calibscope.diagnostics.ood.confidence_score`).
         coverages, target_risk: as in :func:`risk_coverage`.
+        member_logits: ``[S, N, K]`` logits of ensemble members / MC-dropout passes, for the epistemic scores.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -441,7 +443,7 @@ def selective_report(
         raise InputError("Expected at least one example, but got N = 0")
     (name,) = parse_scores([score])
     confidences = confidence_score(logits, score=name, temperature=temperature, features=features,
-                                   gaussians=gaussians)
+                                   gaussians=gaussians, member_logits=member_logits)
     correct = logits.argmax(dim=1) == labels.to(torch.int64)
     return risk_coverage(confidences, correct, coverages=coverages, target_risk=target_risk, score_name=name,
                          temperature=float(temperature) if name in ("msp", "energy") else None)

@@ -95,6 +95,10 @@ class InferenceOptions:
     capture_features: bool = False
     layer: str | None = None
     output: str | int | None = None  # --output: which of a non-tensor output holds the logits
+    # MC-dropout (calibscope.inference.mc_dropout): which stochastic pass this run is (None: deterministic, the
+    # model fully in eval mode) and the seed of its dropout masks
+    dropout_pass: int | None = None
+    dropout_seed: int = 0
 
 
 def with_checkpoint_normalisation(options: InferenceOptions, metadata: dict) -> InferenceOptions:
@@ -241,6 +245,11 @@ def run_inference(
     channels_last = device.type == "cuda" and inputs.ndim == 4 and isinstance(inputs, torch.Tensor)
     notify = on_notice or (lambda msg: print(f"calibscope: {msg}", file=sys.stderr))
     model = _prepare_model(model, device, channels_last)
+    stochastic = options.dropout_pass is not None
+    if stochastic:
+        from calibscope.inference.mc_dropout import enable_dropout
+
+        dropout_names = enable_dropout(model)
     requested = "auto" if options.batch_size is None else options.batch_size
     if options.batch_size is None:
         from dataclasses import replace
@@ -257,12 +266,17 @@ def run_inference(
     t0 = time.perf_counter()
     start = 0
     batches = _Batches(inputs, device, channels_last)
+    rng = _forked_rng(device, enabled=stochastic)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), rng:
             while start < n:
                 try:
                     for s, e, x in batches.iterate(lambda: state["bs"], start):
                         x = call.prepare(x)
+                        if stochastic:
+                            from calibscope.inference.mc_dropout import batch_seed
+
+                            torch.manual_seed(batch_seed(options.dropout_seed, options.dropout_pass, s))
                         if amp_dtype is not None:
                             with torch.autocast(device_type=device.type, dtype=amp_dtype):
                                 out = call.logits(x)
@@ -289,6 +303,8 @@ def run_inference(
         bar.close()
         if tap is not None:
             tap.remove()
+        if stochastic:
+            model.eval()  # the module is shared with later deterministic runs
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -312,6 +328,9 @@ def run_inference(
         meta["output"] = call.chosen_output
     if call.static_batch is not None:
         meta["static_batch_size"] = call.static_batch
+    if stochastic:
+        meta["mc_dropout"] = {"pass": options.dropout_pass, "seed": options.dropout_seed,
+                              "dropout_layers": dropout_names}
     return Outputs(
         logits=logits.contiguous(),
         labels=None if labels is None else labels.to(torch.int64).cpu(),
@@ -320,6 +339,17 @@ def run_inference(
         bias=None if tap is None or tap.bias is None else tap.bias.float().cpu().clone(),
         meta=meta,
     )
+
+
+def _forked_rng(device: torch.device, *, enabled: bool):
+    """``torch.random.fork_rng`` over the CPU and ``device`` (MC-dropout reseeds the global generators)."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices, device_type=device.type if device.type == "cuda" else "cuda")
 
 
 def run_inference_sharded(

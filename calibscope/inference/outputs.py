@@ -16,6 +16,9 @@ class Outputs:
     ``features`` ``[N, D]``: input of the final linear layer (penultimate activations), when captured;
     ``weight`` ``[K, D]`` / ``bias`` ``[K]``: that layer's parameters (the class templates).
     ``meta``: how they were produced (device, precision, batch size, hashes, formats, timings).
+    ``member_logits`` float32 ``[S, N, K]``: for an ensemble or MC-dropout (:mod:`calibscope.workflows.ensemble`),
+    the logits of each of the S members / stochastic passes; ``logits`` are then the log of their mean softmax
+    (float64), and the epistemic scores (:mod:`calibscope.diagnostics.ensemble`) read the members. None otherwise.
     """
 
     logits: torch.Tensor
@@ -24,6 +27,7 @@ class Outputs:
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    member_logits: torch.Tensor | None = None
 
     @property
     def num_examples(self) -> int:

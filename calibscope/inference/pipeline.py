@@ -110,8 +110,10 @@ def outputs_key(model_key: dict[str, Any], dataset: Dataset, options: InferenceO
     """The output cache key: the model (``model_key``: the checkpoint file's digest and how the model is built
     from it), the dataset's content digest and every option that changes the numbers, *before* the
     checkpoint's own normalisation is applied (that follows from the file) — so a lookup needs no model."""
-    return _cache.cache_key(model=model_key, dataset=dataset.sha256,
-                            options=asdict(replace(options, device=_device_kind(options.device))))
+    fields = asdict(replace(options, device=_device_kind(options.device)))
+    if options.dropout_pass is None:  # deterministic runs keep the keys they had before MC-dropout existed
+        del fields["dropout_pass"], fields["dropout_seed"]
+    return _cache.cache_key(model=model_key, dataset=dataset.sha256, options=fields)
 
 
 def cached_outputs(model_key: dict[str, Any], dataset: Dataset, options: InferenceOptions | None = None,

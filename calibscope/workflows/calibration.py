@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
 from calibscope.diagnostics.defaults import DEFAULT_BINS
 from calibscope.errors import ArgumentError
+from calibscope.workflows.ensemble import as_model_ref
 from calibscope.workflows.temperature import FixedTemperature
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.results import EceResult
+    from calibscope.workflows.ensemble import Predictive
     from calibscope.workflows.gate import Baseline
     from calibscope.workflows.session import Session
 
@@ -68,7 +70,8 @@ class CalibrationSettings:
         return HEADLINE[self.norm]
 
 
-def run_calibration(session: Session, checkpoint: Path | str, settings: CalibrationSettings | None = None, *,
+def run_calibration(session: Session, checkpoint: Path | str | Predictive,
+                    settings: CalibrationSettings | None = None, *,
                     name: str | None = None, baseline: Baseline | None = None, n_results: int = 1) -> EceResult:
     """The ECE family, NLL, Brier and accuracy of ``checkpoint`` on the session's data.
 
@@ -82,7 +85,7 @@ def run_calibration(session: Session, checkpoint: Path | str, settings: Calibrat
     from calibscope.results import EceResult
 
     s = settings or CalibrationSettings()
-    path = Path(checkpoint)
+    path = as_model_ref(checkpoint)
     fixed_t = s.temperature
     if s.calibrator is not None:
         from calibscope.diagnostics.calibrators import apply_calibrator

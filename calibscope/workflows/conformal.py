@@ -58,9 +58,10 @@ def run_conformal(session: Session, checkpoint: Path | str, settings: ConformalS
     logits file as checkpoint, ``val`` is a logits file (with labels) too."""
     from calibscope.diagnostics.conformal import conformal_report
     from calibscope.results import ConformalResult
+    from calibscope.workflows.ensemble import as_model_ref, require_model_members
 
     s = settings or ConformalSettings()
-    path = Path(checkpoint)
+    path = as_model_ref(checkpoint)
     outputs, ckpt = session.outputs(path)
     if outputs.labels is None:
         raise ArgumentError("data", f"'{session.source(path)}' holds no labels; coverage needs them")
@@ -69,6 +70,7 @@ def run_conformal(session: Session, checkpoint: Path | str, settings: ConformalS
     if isinstance(ckpt, LogitsCheckpoint | LogitsRows):  # logits in, logits for calibration: --val is a logits file too
         cal_outputs, _ = session.for_data(None).outputs(Path(val))
     else:
+        require_model_members(ckpt, f"the calibration data '{val}'")
         cal_outputs, _ = session.for_data(val, prefer_split="val").outputs(path)
     if cal_outputs.logits.shape[1] != outputs.logits.shape[1]:
         raise ArgumentError("val", f"'{val}' gives {cal_outputs.logits.shape[1]} classes but the test data "

@@ -76,10 +76,14 @@ class OodSettings:
         object.__setattr__(self, "shrinkage", check_shrinkage(self.shrinkage))
         check_upper(self.n_bins, MAX_BINS, "n_bins")
 
-    def score_names(self, has_train: bool) -> tuple[str, ...]:
-        from calibscope.diagnostics.ood import LOGIT_SCORES
+    def score_names(self, has_train: bool, has_members: bool = False) -> tuple[str, ...]:
+        """The scores asked for, else msp, max-logit, energy, + mahalanobis with training data, + the epistemic
+        scores (mutual-information, disagreement) for an ensemble / MC-dropout."""
+        from calibscope.diagnostics.ood import EPISTEMIC_SCORES, LOGIT_SCORES
 
-        return self.scores if self.scores is not None else LOGIT_SCORES + (("mahalanobis",) if has_train else ())
+        if self.scores is not None:
+            return self.scores
+        return LOGIT_SCORES + (("mahalanobis",) if has_train else ()) + (EPISTEMIC_SCORES if has_members else ())
 
 
 def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | None = None, *,
@@ -90,10 +94,11 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     from calibscope.diagnostics.ood import ood_report
     from calibscope.loading.types import LogitsCheckpoint
     from calibscope.results import OodResult
+    from calibscope.workflows.ensemble import Predictive, as_model_ref
 
     s = settings or OodSettings()
-    path, ood_path = Path(checkpoint), Path(ood_data)
-    names = s.score_names(train is not None)
+    path, ood_path = as_model_ref(checkpoint), Path(ood_data)
+    names = s.score_names(train is not None, has_members=isinstance(path, Predictive) and path.samples > 1)
     features = wants_features(names, train)
     if features:
         session = session.with_options(capture_features=True)
@@ -105,7 +110,8 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     out_outputs = ood_outputs(session, ood_path, checkpoint=ckpt, num_classes=in_outputs.num_classes)
     report = ood_report(in_outputs.logits, out_outputs.logits, scores=names, temperature=t,
                         in_features=in_outputs.features, out_features=out_outputs.features,
-                        gaussians=gaussians, tpr_level=s.tpr, n_bins=s.n_bins, positive=s.positive)
+                        gaussians=gaussians, tpr_level=s.tpr, n_bins=s.n_bins, positive=s.positive,
+                        in_member_logits=in_outputs.member_logits, out_member_logits=out_outputs.member_logits)
     in_path = session.data_path if session.data_path is not None else (
         path if isinstance(ckpt, LogitsCheckpoint) else None)
     return OodResult(
@@ -168,8 +174,15 @@ def ood_outputs(session: Session, path: Path, *, checkpoint: Checkpoint, num_cla
     from calibscope.inference.validate import validate_outputs
     from calibscope.loading.checkpoint import load_checkpoint
     from calibscope.loading.types import LogitsCheckpoint
+    from calibscope.workflows.ensemble import PredictiveCheckpoint, predictive_outputs, require_model_members
 
     source = f"`ood_data` '{path}'"
+    if isinstance(checkpoint, PredictiveCheckpoint):  # each member (and pass) on the OOD inputs, then averaged
+        require_model_members(checkpoint, f"the OOD data '{path}'")
+        ood = session.for_data(path, prefer_split=session.split)
+        _same_input_shape(session.dataset, ood.dataset, "ood_data")
+        outputs, _ = predictive_outputs(ood, checkpoint.path, dataset=dataclasses.replace(ood.dataset, labels=None))
+        return dataclasses.replace(outputs, meta={**outputs.meta, "role": "ood"})
     if isinstance(checkpoint, LogitsCheckpoint):
         need = (f"the checkpoint '{checkpoint.path}' is a logits file, so `ood_data` must be a logits file too "
                 f"(the same model's logits on the OOD inputs)")

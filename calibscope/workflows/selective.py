@@ -56,9 +56,10 @@ def run_selective(session: Session, checkpoint: Path | str, settings: SelectiveS
     from calibscope.diagnostics.selective import selective_report
     from calibscope.loading.types import LogitsCheckpoint
     from calibscope.results import SelectiveResult
+    from calibscope.workflows.ensemble import as_model_ref
 
     s = settings or SelectiveSettings()
-    path = Path(checkpoint)
+    path = as_model_ref(checkpoint)
     features = wants_features(s.scores, train)
     if features:
         session = session.with_options(capture_features=True)
@@ -71,7 +72,8 @@ def run_selective(session: Session, checkpoint: Path | str, settings: SelectiveS
         gaussians, train_meta = fit_train_gaussians(session, Path(train), checkpoint=ckpt, shrinkage=s.shrinkage)
     reports = tuple(
         selective_report(outputs.logits, outputs.labels, score=score, temperature=t, features=outputs.features,
-                         gaussians=gaussians, coverages=s.coverages, target_risk=s.target_risk)
+                         gaussians=gaussians, coverages=s.coverages, target_risk=s.target_risk,
+                         member_logits=outputs.member_logits)
         for score in s.scores)
     test_path = session.data_path if session.data_path is not None else (
         path if isinstance(ckpt, LogitsCheckpoint) else None)

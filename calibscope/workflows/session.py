@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.inference.outputs import Outputs
     from calibscope.inference.pipeline import OutputShard
     from calibscope.loading.types import Checkpoint, Dataset
+    from calibscope.workflows.ensemble import Predictive
 
 STREAM_MIN_BYTES_ENV = "CALIBSCOPE_STREAM_MIN_BYTES"
 STREAM_MIN_BYTES = 256 << 20  # logits files at least this big are read by rows, not into memory
@@ -66,6 +67,7 @@ class Session:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
                  output: str | int | None = None, labels: Path | str | None = None,
+                 dropout_pass: int | None = None, dropout_seed: int = 0,
                  _shared: dict[str, dict] | None = None):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
             raise ArgumentError("limit", f"`limit` must be an integer larger than 0, got {limit!r}")
@@ -76,6 +78,7 @@ class Session:
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.use_cache, self.capture_features, self.layer = use_cache, capture_features, layer
+        self.dropout_pass, self.dropout_seed = dropout_pass, dropout_seed
         from calibscope.model_outputs import parse_output_spec
 
         self.output, self.labels = parse_output_spec(output), None if labels is None else Path(labels)
@@ -90,7 +93,8 @@ class Session:
                       device=self.device,
                       precision=self.precision, batch_size=self.batch_size, mean=self.mean, std=self.std,
                       use_cache=self.use_cache, capture_features=self.capture_features, layer=self.layer,
-                      output=self.output, labels=self.labels)
+                      output=self.output, labels=self.labels, dropout_pass=self.dropout_pass,
+                      dropout_seed=self.dropout_seed)
         fields.update(changes)
         return Session(**fields, _shared=self._shared)
 
@@ -125,7 +129,8 @@ class Session:
         return InferenceOptions(device=self.device, precision=self.precision,
                                 batch_size=self.batch_size,  # None: chosen from the input size and free memory
                                 mean=self.mean, std=self.std, capture_features=self.capture_features,
-                                layer=self.layer, output=self.output)
+                                layer=self.layer, output=self.output, dropout_pass=self.dropout_pass,
+                                dropout_seed=self.dropout_seed)
 
     def options_for(self, checkpoint: Checkpoint) -> InferenceOptions:
         """:attr:`options` with ``mean``/``std`` from the checkpoint's metadata when the session sets none —
@@ -156,6 +161,11 @@ class Session:
 
     def checkpoint(self, path: Path | str, *, keep: bool = True) -> Checkpoint:
         """The checkpoint at ``path``, loaded once per session family (``keep=False``: not kept for later)."""
+        from calibscope.workflows.ensemble import Predictive
+
+        if isinstance(path, Predictive):
+            raise InputError(f"{path.name} is an ensemble / MC-dropout predictive distribution, not one network: "
+                             "this needs a single checkpoint (drop --ensemble / --mc-dropout)")
         key = str(Path(path))
         checkpoints = self._shared["checkpoints"]
         if key in checkpoints:
@@ -196,10 +206,21 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ outputs
 
-    def outputs(self, checkpoint_path: Path | str) -> tuple[Outputs, Checkpoint]:
+    def outputs(self, checkpoint_path: Path | str | Predictive) -> tuple[Outputs, Checkpoint]:
         """(Outputs, checkpoint) for one checkpoint on the dataset (logits files need none when they carry
         their labels). A model whose outputs are in the cache is not loaded: the checkpoint returned is then a
-        :class:`CachedCheckpoint` that loads the model only if something needs it."""
+        :class:`CachedCheckpoint` that loads the model only if something needs it. An ensemble / MC-dropout
+        (:class:`~calibscope.workflows.ensemble.Predictive`) gives its predictive distribution
+        (:func:`~calibscope.workflows.ensemble.predictive_outputs`), computed once per session."""
+        from calibscope.workflows.ensemble import Predictive, predictive_outputs
+
+        if isinstance(checkpoint_path, Predictive):
+            key = ("predictive", checkpoint_path, str(self.data_path), self.split, self.label_column, self.limit,
+                   dataclasses.astuple(self.options), self.use_cache, str(self.labels))
+            memo = self._shared["outputs"]
+            if key not in memo:
+                memo[key] = predictive_outputs(self, checkpoint_path)
+            return memo[key]
         hit = self._from_cache(checkpoint_path)
         if hit is not None:
             return hit
@@ -286,7 +307,14 @@ class Session:
         from calibscope.inference.pipeline import as_shard, output_shard
         from calibscope.loading.checkpoint import open_logits_rows
         from calibscope.loading.types import LogitsCheckpoint, LogitsRows
+        from calibscope.workflows.ensemble import Predictive
 
+        if isinstance(checkpoint_path, Predictive):
+            outputs, checkpoint = self.outputs(checkpoint_path)
+            if outputs.labels is None:
+                raise InputError(f"'{self.data_path}' has inputs but no labels: calibration compares predictions "
+                                 "with labels; store them beside the inputs (y / labels / targets)")
+            return as_shard(outputs, checkpoint), checkpoint
         hit = self._from_cache(checkpoint_path)
         if hit is not None:
             outputs, checkpoint = hit

@@ -141,9 +141,10 @@ def run_temperature(session: Session, checkpoint: Path | str, settings: Temperat
     from calibscope.inference import distributed
     from calibscope.loading.types import LogitsCheckpoint, LogitsRows
     from calibscope.results import Evaluation, TemperatureResult
+    from calibscope.workflows.ensemble import PredictiveCheckpoint, as_model_ref, require_model_members
 
     s = settings or TemperatureSettings()
-    path = Path(checkpoint)
+    path = as_model_ref(checkpoint)
     group = distributed.current()
     reduce = None if group is None else group.all_reduce_sum
     gather = None if group is None else group.all_gather_rows
@@ -158,7 +159,8 @@ def run_temperature(session: Session, checkpoint: Path | str, settings: Temperat
             apply_source = str(apply_path)
         else:  # the same model on other data
             other = apply if isinstance(apply, Session) else session.for_data(apply)
-            held_out = other.shard_of(ckpt)
+            require_model_members(ckpt, f"the apply data '{other.data_path}'")
+            held_out = other.output_shard(path)[0] if isinstance(ckpt, PredictiveCheckpoint) else other.shard_of(ckpt)
             apply_source = str(other.data_path)
         if held_out.num_classes != outputs.num_classes:
             raise InputError(f"the apply data '{apply_source}' gives {held_out.num_classes} classes but the fit "
