@@ -1,0 +1,120 @@
+"""--ensemble and --mc-dropout on the command line: the ensemble as one model, the epistemic scores in `ood` and
+`selective` against scikit-learn on numpy-computed mutual information, and one-line exit-2 errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from calibscope import Session
+from calibscope.cli import ece as ece_cli
+from calibscope.cli import ood as ood_cli
+from calibscope.cli import selective as selective_cli
+from calibscope.cli import temperature as temperature_cli
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+app = typer.Typer(pretty_exceptions_enable=False)
+for module, name in ((ece_cli, "ece"), (ood_cli, "ood"), (selective_cli, "selective"),
+                     (temperature_cli, "temperature")):
+    app.command(name=name)(getattr(module, name))
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("calibscope: error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    return lines[0]
+
+
+def _np_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_mi(member_logits):
+    p = _np_softmax(member_logits)
+    mean = p.mean(0)
+
+    def h(q):
+        return -(q * np.log(q)).sum(-1)
+    return h(mean) - h(p).mean(0)
+
+
+@pytest.fixture(scope="module")
+def shuffled(samples, tmp_path_factory):
+    """OOD inputs: the test digits with their pixels shuffled, image by image."""
+    data = np.load(samples / "digits_test.npz")
+    images = data["images"].copy()
+    rng = np.random.default_rng(0)
+    flat = images.reshape(len(images), -1)
+    for row in flat:
+        rng.shuffle(row)
+    path = tmp_path_factory.mktemp("ood") / "shuffled.npz"
+    np.savez(path, images=flat.reshape(images.shape), labels=data["labels"])
+    return path
+
+
+def test_ece_ensemble_is_one_model(samples):
+    paths = [samples / f"digits_{k}.safetensors" for k in ("hard", "ls", "sam")]
+    result = invoke("ece", "--ensemble", *paths, "--data", samples / "digits_test.npz", "--json")
+    assert result.exit_code == 0, result.stderr
+    (entry,) = json.loads(result.stdout)["results"]
+    assert entry["name"] == "ensemble(digits_hard.safetensors,digits_ls.safetensors,digits_sam.safetensors)"
+    s = Session(samples / "digits_test.npz")
+    mean = _np_softmax(np.stack([s.outputs(p)[0].logits.numpy() for p in paths])).mean(0)
+    y = np.load(samples / "digits_test.npz")["labels"]
+    assert entry["accuracy"] == pytest.approx((mean.argmax(1) == y).mean(), abs=1e-15)
+    assert entry["nll"] == pytest.approx(-np.log(mean[np.arange(len(y)), y]).mean(), rel=1e-12)
+
+
+def test_ood_mutual_information_equals_sklearn(samples, shuffled):
+    paths = [samples / f"digits_{k}.safetensors" for k in ("hard", "ls", "sam")]
+    result = invoke("ood", "--ensemble", *paths, "--data", samples / "digits_test.npz", "--ood-data", shuffled,
+                    "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    by_score = {r["score"]: r["metrics"] for r in doc["results"]}
+    assert {"msp", "max-logit", "energy", "mutual-information", "disagreement"} <= set(by_score)
+    z_in = np.stack([Session(samples / "digits_test.npz").outputs(p)[0].logits.numpy() for p in paths])
+    z_out = np.stack([Session(shuffled).outputs(p)[0].logits.numpy() for p in paths])
+    mi_in, mi_out = _np_mi(z_in), _np_mi(z_out)
+    y = np.r_[np.ones(len(mi_in)), np.zeros(len(mi_out))]
+    expected = sklearn_metrics.roc_auc_score(y, -np.r_[mi_in, mi_out])
+    assert by_score["mutual-information"]["auroc"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_selective_epistemic_score_needs_members(samples):
+    paths = [samples / f"digits_{k}.pt2" for k in ("hard", "sam")]
+    ok = invoke("selective", "--ensemble", *paths, "--data", samples / "digits_test.npz", "--score",
+                "msp,mutual-information,disagreement", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert "mutual-information" in ok.stdout and "disagreement" in ok.stdout
+    line = one_line_error(invoke("selective", paths[0], "--data", samples / "digits_test.npz", "--score", "mi"))
+    assert "--ensemble" in line and "--mc-dropout" in line
+
+
+def test_bad_input_exits_2(samples, tmp_path):
+    data = samples / "digits_test.npz"
+    assert "--ensemble" in one_line_error(invoke("ood", samples / "digits_hard.pt2", samples / "digits_ls.pt2",
+                                                 "--data", data, "--ood-data", data))
+    assert "torch.export" in one_line_error(invoke("ece", "--mc-dropout", "2", samples / "digits_hard.pt2",
+                                                   "--data", data))
+    assert "has none" in one_line_error(invoke("temperature", "--mc-dropout", "2",
+                                               samples / "digits_hard.safetensors", "--data", data))
+    assert "≥ 1" in one_line_error(invoke("ece", "--mc-dropout", "0", samples / "digits_hard.safetensors",
+                                          "--data", data))
+    np.savez(tmp_path / "five.npz", logits=np.zeros((1347, 5), np.float32), labels=np.zeros(1347, np.int64))
+    assert "disagree" in one_line_error(invoke("ece", "--ensemble", samples / "digits_hard_test_logits.npz",
+                                               tmp_path / "five.npz"))
