@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.diagnostics.calibration import CalibrationMetrics, CalibrationReport
+    from calibscope.diagnostics.corp import CorpReliability
     from calibscope.diagnostics.hessian import HessianRepeats, HessianSpectrum
     from calibscope.diagnostics.mutual_information import AugmentationCheck, LogitGapMutualInformation
     from calibscope.diagnostics.ood import OodReport
@@ -47,6 +48,7 @@ class EceResult:
     baseline: dict[str, Any] | None = None
     warnings: tuple[str, ...] = ()  # about the data or the comparison: also printed on stderr
     notes: tuple[str, ...] = ()  # about the numbers' reliability (small bins): shown with the tables
+    corp: CorpReliability | None = None  # with `ece --corp`: the CORP diagram and score decompositions
 
     @property
     def value(self) -> float:

@@ -31,7 +31,7 @@ from calibscope.cli._common import (
     TrustOpt,
     cli_errors,
 )
-from calibscope.diagnostics.defaults import DEFAULT_BINS
+from calibscope.diagnostics.defaults import DEFAULT_BAND_LEVEL, DEFAULT_BAND_RESAMPLES, DEFAULT_BINS
 from calibscope.workflows.calibration import DEFAULT_NORM
 
 
@@ -50,7 +50,17 @@ def ece(
                               "2019), ACE (equal-mass bins), classwise ECE (SCE) and smooth ECE."),
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap confidence intervals from N resamples of "
                                   "the examples (N ≥ 200; 0 = off).", show_default=False),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling and of the MC-dropout masks."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling, of the MC-dropout masks "
+                             "and of the CORP band."),
+    corp: bool = typer.Option(False, "--corp", help="Also the CORP reliability diagram (Dimitriadis, Gneiting & "
+                              "Jordan 2021: isotonic regression of correctness on confidence, with consistency "
+                              "bands) and the Brier and log score decompositions S = MCB − DSC + UNC; "
+                              "figures corp_NAME in --out."),
+    corp_resamples: int | None = typer.Option(None, "--corp-resamples", help="Resamples of the CORP consistency "
+                                              f"band (0 = no band) [default: {DEFAULT_BAND_RESAMPLES}].",
+                                              show_default=False),
+    corp_level: float | None = typer.Option(None, "--corp-level", help="Level of the CORP consistency band "
+                                            f"[default: {DEFAULT_BAND_LEVEL:g}].", show_default=False),
     bins_csv: Path | None = typer.Option(None, "--bins-csv", help="Write the per-bin table (every checkpoint) "
                                          "to this CSV file.", show_default=False),
     temperature: float | None = typer.Option(None, "--temperature", "-T", help="Divide the logits by this "
@@ -109,6 +119,8 @@ def ece(
       calibscope ece model.pt2 --baseline main-ece.json --max-increase 0.005 --junit ece.xml
 
       calibscope ece model.pt2 --data test.npz --temperature-from t.json
+
+      calibscope ece hard.pt2 ls.pt2 --data test.npz --corp --out figs/
     """
     with cli_errors():
         from calibscope.cli._common import check_outputs
@@ -128,16 +140,23 @@ def ece(
         shown = output_format(format_, json_)
         log = trackers.check_trackers(log)
         from calibscope.workflows.calibrate import read_calibrator
-        from calibscope.workflows.calibration import CalibrationSettings, run_calibration
+        from calibscope.workflows.calibration import CalibrationSettings, CorpSettings, run_calibration
         from calibscope.workflows.gate import ece_gate, read_baseline
         from calibscope.workflows.temperature import temperature_option
 
+        for option, value in (("--corp-resamples", corp_resamples), ("--corp-level", corp_level)):
+            if value is not None and not corp:
+                raise InputError(f"{option} sets the CORP band: it needs --corp")
+        corp_settings = None if not corp else CorpSettings(
+            resamples=DEFAULT_BAND_RESAMPLES if corp_resamples is None else corp_resamples,
+            level=DEFAULT_BAND_LEVEL if corp_level is None else corp_level, seed=seed)
         defaults = project_defaults()
         settings = CalibrationSettings(n_bins=pick(bins, defaults, "bins", DEFAULT_BINS),
                                        norm=pick(norm, defaults, "norm", DEFAULT_NORM), bootstrap=bootstrap,
                                        seed=seed, temperature=temperature_option(temperature, temperature_from),
                                        calibrator=None if calibrator is None else read_calibrator(calibrator),
-                                       calibrator_source=None if calibrator is None else str(calibrator))
+                                       calibrator_source=None if calibrator is None else str(calibrator),
+                                       corp=corp_settings)
         gate_ece = pick(max_ece, defaults, "max_ece", None)
         baseline_path = pick(baseline, defaults, "baseline", None)
         increase = pick(max_increase, defaults, "max_increase", None)
@@ -166,7 +185,8 @@ def ece(
         if junit is not None:
             ece_view.write_junit(junit, results, gate)
         if log:
-            trackers.log_run(log, name="ece", document=doc, figures=ece_view.reliability_figures(results))
+            trackers.log_run(log, name="ece", document=doc, figures=ece_view.reliability_figures(results)
+                             + ece_view.corp_figures(results))
         if shown == "json":
             ece_view.print_json(doc)
         elif shown == "markdown":

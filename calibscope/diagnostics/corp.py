@@ -25,6 +25,7 @@ right?) with confidences :math:`x_i = \max_k p_{ik}` and outcomes :math:`y_i = [
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,12 @@ from typing import Any
 import torch
 
 from calibscope.diagnostics.calibration import _validate_logits_labels
+from calibscope.diagnostics.defaults import DEFAULT_BAND_LEVEL, DEFAULT_BAND_RESAMPLES
 from calibscope.errors import InputError
 
-__all__ = ["CorpReliability", "ScoreDecomposition", "band_excursions", "corp_from_logits", "corp_reliability"]
+__all__ = ["DEFAULT_BAND_LEVEL", "DEFAULT_BAND_RESAMPLES", "CorpReliability", "ScoreDecomposition",
+           "band_excursions", "corp_from_logits", "corp_reliability"]
 
-DEFAULT_BAND_RESAMPLES = 200
-DEFAULT_BAND_LEVEL = 0.90  # Dimitriadis et al. 2021 draw 90 % consistency bands
 LOG_SCORE_EPS = 1e-12
 REFERENCE = ("Dimitriadis, Gneiting & Jordan 2021, Stable reliability diagrams for probabilistic classifiers, "
              "PNAS 118(8) e2016191118")
@@ -60,7 +61,8 @@ class CorpReliability:
 
     ``x``: the distinct confidences (increasing); ``recalibrated``: the PAV fit at each; ``count``: examples at
     each; ``band_low``/``band_high``: the consistency band at each (empty without resamples); ``brier``,
-    ``log``: :class:`ScoreDecomposition`.
+    ``log``: :class:`ScoreDecomposition`; ``outside_band``: examples at confidences where the curve lies
+    outside the band (:func:`band_excursions`; 0 without resamples).
     """
 
     n: int
@@ -74,6 +76,7 @@ class CorpReliability:
     seed: int
     brier: ScoreDecomposition
     log: ScoreDecomposition
+    outside_band: int = 0
     definition: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,7 +151,7 @@ def corp_reliability(
             draws[r] = _pav(np.bincount(inverse, weights=y_star, minlength=len(xu)), count_f)
         low = tuple(np.quantile(draws, (1 - level) / 2, axis=0).tolist())
         high = tuple(np.quantile(draws, (1 + level) / 2, axis=0).tolist())
-    return CorpReliability(
+    result = CorpReliability(
         n=n, x=tuple(xu.tolist()), recalibrated=tuple(fitted.tolist()), count=tuple(int(v) for v in count),
         band_low=low, band_high=high, band_level=float(level), band_resamples=int(resamples), seed=int(seed),
         brier=_decompose("brier", _brier, x, c, y), log=_decompose("log", _log_score, x, c, y),
@@ -163,6 +166,7 @@ def corp_reliability(
             "reference": REFERENCE,
         },
     )
+    return dataclasses.replace(result, outside_band=band_excursions(result))
 
 
 def corp_from_logits(logits: torch.Tensor, labels: torch.Tensor, **options: Any) -> CorpReliability:

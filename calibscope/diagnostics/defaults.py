@@ -6,6 +6,10 @@ from __future__ import annotations
 # calibration (Guo et al. 2017 and Müller et al. 2019 use 15 equal-width bins)
 DEFAULT_BINS = 15
 
+# CORP reliability (Dimitriadis, Gneiting & Jordan 2021 draw 90 % consistency bands)
+DEFAULT_BAND_RESAMPLES = 200
+DEFAULT_BAND_LEVEL = 0.90
+
 # selective classification: coverages at which the accuracy of the kept examples is reported
 DEFAULT_COVERAGES = (0.8, 0.9, 0.95)
 

@@ -34,6 +34,8 @@ def _entry(r: EceResult) -> dict[str, Any]:
     entry["temperature"] = to_jsonable(r.temperature)
     entry["baseline"] = to_jsonable(r.baseline)
     entry["warnings"] = list(r.warnings) + list(r.notes)
+    if r.corp is not None:  # only with --corp (docs/json-schema.md)
+        entry["corp"] = to_jsonable(r.corp)
     return entry
 
 
@@ -91,9 +93,23 @@ def reliability_figures(results: list[EceResult]) -> list[tuple[str, Any]]:
     return figures
 
 
+def corp_figures(results: list[EceResult]) -> list[tuple[str, Any]]:
+    """``(corp_NAME, Figure)``: the CORP reliability diagram of each checkpoint measured with ``--corp``."""
+    from calibscope.render.corp_view import corp_figure
+
+    figures = []
+    for r in results:
+        if r.corp is not None:
+            title = (f"{r.name}: CORP" if r.temperature is None
+                     else f"{r.name} (T = {r.temperature['value']:.4g}): CORP")
+            figures.append((f"corp_{_slug(r.name)}", corp_figure(r.corp, title=title)))
+    return figures
+
+
 def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> list[Path]:
-    """``out/ece.json``, ``out/reliability_<name>.png|svg`` for each checkpoint and, for several,
-    ``out/reliability_overlay.png|svg`` with all curves on one axis (atomic writes)."""
+    """``out/ece.json``, ``out/reliability_<name>.png|svg`` for each checkpoint (and ``out/corp_<name>.png|svg``
+    with ``--corp``) and, for several, ``out/reliability_overlay.png|svg`` with all curves on one axis (atomic
+    writes)."""
     from calibscope.render.atomic import atomic_write_text
     from calibscope.render.figures import save_figure
     from calibscope.render.json_doc import dumps
@@ -102,6 +118,8 @@ def write_outputs(out: Path, results: list[EceResult], doc: dict[str, Any]) -> l
     written = []
     for r, (_, fig) in zip(results, reliability_figures(results), strict=True):
         written += save_figure(fig, out / f"reliability_{_slug(r.name)}")
+    for stem, fig in corp_figures(results):
+        written += save_figure(fig, out / stem)
     if len(results) > 1:  # Müller et al. Fig. 2: every model's curve on one axis
         from calibscope.render.figures import reliability_curves
 
@@ -260,6 +278,10 @@ def _rows(r: EceResult, show_all: bool) -> list[tuple[str, str]]:
     if r.baseline is not None:
         rows.append((f"Baseline {_label(r.headline, r)}", _rate(r.baseline["value"])))
         rows.append(("Change vs baseline", f"{r.baseline['delta']:+.4f}"))
+    if r.corp is not None:
+        from calibscope.render.corp_view import corp_rows
+
+        rows += corp_rows(r.corp)
     return rows
 
 
@@ -338,6 +360,13 @@ def print_tables(results: list[EceResult], *, written: list[Path] | None = None,
         console.print(f"  [dim]◆ gated / reported as `ece`; definitions of every number: --json "
                       f"(results[].metrics[].definition){'' if show_all else '; --all for ACE, SCE, smooth ECE, ℓ2'}"
                       "[/dim]")
+    if any(r.corp is not None for r in results):
+        from calibscope.render.corp_view import findings
+
+        console.print("  [dim]CORP (Dimitriadis et al. 2021): PAV recalibration of correctness on confidence; "
+                      "S = MCB − DSC + UNC for the top-label event[/dim]")
+        for line in findings([(r.name, r.corp) for r in results if r.corp is not None]):
+            console.print(f"  {line}")
     if gate is not None and gate.active:
         verdict = "[green]passed[/green]" if gate.passed else "[bold red]FAILED[/bold red]"
         console.print(f"Gate {verdict}: " + "; ".join(c.message for c in gate.checks))
@@ -374,6 +403,19 @@ def markdown(results: list[EceResult], *, gate: Gate | None = None) -> str:
         lines.append(f"| {_md_escape(r.name)} | " + " | ".join(row) + " |")
     n_bins = results[0].report.n_bins if results else 15
     lines += ["", f"ECE: top-label, {n_bins} equal-width bins (Guo et al. 2017)."]
+    with_corp = [r for r in results if r.corp is not None]
+    if with_corp:
+        from calibscope.render.corp_view import band_text, findings
+
+        lines += ["", "| checkpoint | Brier | MCB | DSC | UNC | log score | MCB | DSC | UNC | outside band |",
+                  "|---|" + "---:|" * 9]
+        for r in with_corp:
+            b, g = r.corp.brier, r.corp.log
+            cells = [f"{v:.4f}" for v in (b.score, b.miscalibration, b.discrimination, b.uncertainty, g.score,
+                                           g.miscalibration, g.discrimination, g.uncertainty)]
+            lines.append(f"| {_md_escape(r.name)} | " + " | ".join(cells) + f" | {band_text(r.corp)} |")
+        lines += ["", "CORP (Dimitriadis, Gneiting & Jordan 2021): S = MCB − DSC + UNC of the top-label event."]
+        lines += [f"- {_md_escape(t)}" for t in findings([(r.name, r.corp) for r in with_corp])]
     if gate is not None and gate.checks:
         lines.append("")
         lines += [f"- {'✅' if c.passed else '❌'} {_md_escape(c.message)}" for c in gate.checks]

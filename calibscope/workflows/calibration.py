@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
-from calibscope.diagnostics.defaults import DEFAULT_BINS
+from calibscope.diagnostics.defaults import DEFAULT_BAND_LEVEL, DEFAULT_BAND_RESAMPLES, DEFAULT_BINS
 from calibscope.errors import ArgumentError
 from calibscope.workflows.ensemble import as_model_ref
 from calibscope.workflows.temperature import FixedTemperature
@@ -35,11 +35,33 @@ HEADLINE = {"l1": "ece", "l2": "ece_l2", "max": "mce"}  # the metric that `ece` 
 
 
 @dataclass(frozen=True)
+class CorpSettings:
+    """The CORP reliability diagram (Dimitriadis, Gneiting & Jordan 2021;
+    :func:`~calibscope.diagnostics.corp.corp_reliability`): ``resamples`` of the consistency band (0 = no
+    band), its ``level``, and the ``seed`` of ``numpy.random.default_rng``."""
+
+    resamples: int = DEFAULT_BAND_RESAMPLES
+    level: float = DEFAULT_BAND_LEVEL
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resamples, bool) or not isinstance(self.resamples, int) or not 0 <= self.resamples:
+            raise ArgumentError("resamples", f"`resamples` must be an integer of at least 0, got {self.resamples}")
+        check_upper(self.resamples, MAX_BOOTSTRAP, "resamples")
+        if isinstance(self.level, bool) or not isinstance(self.level, (int, float)) or not 0 < self.level < 1:
+            raise ArgumentError("level", f"`level` must be a number between 0 and 1 (exclusive), got {self.level}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ArgumentError("seed", f"`seed` must be 0 or more, got {self.seed}")
+        check_seed(self.seed)
+
+
+@dataclass(frozen=True)
 class CalibrationSettings:
     """``n_bins`` equal-width bins; ``norm`` picks the headline ECE (l1, l2 or max = MCE); ``bootstrap``
     resamples for 95 % intervals (0 = none, else ≥ 200) with ``seed``; ``temperature``: divide the logits by
     this fixed T first; ``calibrator``: a fitted :class:`~calibscope.diagnostics.calibrators.Calibrator`
-    (from ``calibscope calibrate -o FILE.json``) that the logits pass through first."""
+    (from ``calibscope calibrate -o FILE.json``) that the logits pass through first; ``corp``: also the CORP
+    reliability diagram and score decompositions (:class:`CorpSettings`; None = not computed)."""
 
     n_bins: int = DEFAULT_BINS
     norm: str = DEFAULT_NORM
@@ -48,6 +70,7 @@ class CalibrationSettings:
     temperature: FixedTemperature | None = None
     calibrator: Any = None
     calibrator_source: str | None = None
+    corp: CorpSettings | None = None
 
     def __post_init__(self) -> None:
         if self.calibrator is not None and self.temperature is not None:
@@ -94,12 +117,18 @@ def run_calibration(session: Session, checkpoint: Path | str | Predictive,
             return apply_calibrator(cal, z)
 
         fixed_t = _CalibratorAsTransform(s.calibrator, s.calibrator_source)
-    if s.bootstrap:  # resampling needs every example in one place (gathered on every rank under torchrun)
-        outputs, ckpt = session.outputs(path)
+    corp = None
+    if s.bootstrap or s.corp is not None:  # resampling and PAV need every example in one place (gathered on
+        outputs, ckpt = session.outputs(path)  # every rank under torchrun)
         meta, logits = outputs.meta, outputs.logits
         if fixed_t is not None:
             logits = apply_temperature(logits, fixed_t.value)
         metrics = calibration_metrics(logits, outputs.labels, n_bins=s.n_bins, bootstrap=s.bootstrap, seed=s.seed)
+        if s.corp is not None:
+            from calibscope.diagnostics.corp import corp_from_logits
+
+            corp = corp_from_logits(logits, outputs.labels, resamples=s.corp.resamples, level=s.corp.level,
+                                    seed=s.corp.seed)
     else:
         group = distributed.current()
         shard, ckpt = session.output_shard(path)
@@ -120,7 +149,7 @@ def run_calibration(session: Session, checkpoint: Path | str | Predictive,
                                       f"divided by the temperature T = {fixed_t.value!r} before the softmax")
     result = EceResult(name or path.name, path, ckpt.format, metrics.report, meta, metrics=metrics,
                        headline=s.headline, temperature=temperature_info, warnings=tuple(warnings),
-                       notes=metrics.warnings)
+                       notes=metrics.warnings, corp=corp)
     if baseline is not None:
         result = baseline.compare(result, n_results=n_results)
     return result

@@ -65,3 +65,26 @@ def test_ties_are_pooled():
     x = torch.tensor([0.6, 0.6, 0.9, 0.9], dtype=torch.float64)
     r = corp_reliability(x, torch.tensor([1, 0, 1, 1]), resamples=0)
     assert r.x == (0.6, 0.9) and r.recalibrated == (0.5, 1.0) and r.count == (2, 2)
+
+
+def test_shipped_models_numbers_quoted_in_the_readme(samples):
+    """The README's `ece --corp` table, measured on the shipped digits models (test split), not tuned: equal
+    discrimination, the label-smoothed model's larger miscalibration, and the band excursions."""
+    from calibscope.inference.pipeline import compute_outputs
+    from calibscope.loading.checkpoint import load_checkpoint
+    from calibscope.loading.dataset import load_dataset
+
+    data = load_dataset(samples / "digits_test.npz")
+    found = {}
+    for name in ("hard", "ls"):
+        outputs = compute_outputs(load_checkpoint(samples / f"digits_{name}.pt2"), data, use_cache=False)
+        found[name] = corp_from_logits(outputs.logits, outputs.labels)
+    quoted = {"hard": (0.0401, 0.0055, 0.0180, 0.0526, 0.1481, 0.0335, 0.1003, 0.2149, 605),
+              "ls": (0.0670, 0.0387, 0.0176, 0.0459, 0.2576, 0.1667, 0.1024, 0.1933, 1271)}
+    for name, r in found.items():
+        b, g = r.brier, r.log
+        got = (b.score, b.miscalibration, b.discrimination, b.uncertainty, g.score, g.miscalibration,
+               g.discrimination, g.uncertainty)
+        np.testing.assert_allclose(got, quoted[name][:8], atol=6e-5)
+        assert r.outside_band == quoted[name][8]
+    assert found["ls"].brier.miscalibration > found["hard"].brier.miscalibration
