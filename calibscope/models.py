@@ -15,10 +15,13 @@ class DigitsCNN(nn.Module):
 
     conv3×3(1→c) → ReLU → conv3×3(c→2c) → ReLU → maxpool 2 → flatten → linear(2c·16 → hidden) → ReLU
     → linear(hidden → num_classes). The last layer is ``self.classifier``; its input is the penultimate
-    activation used by the plane projections (Müller et al. 2019 §2).
+    activation used by the plane projections (Müller et al. 2019 §2). ``dropout`` > 0 puts an
+    ``nn.Dropout(dropout)`` before the classifier (``self.dropout``; an ``nn.Identity`` otherwise, so the
+    state_dict is the same either way), for MC-dropout (``calibscope ece --mc-dropout N``).
     """
 
-    def __init__(self, num_classes: int = 10, channels: int = 32, hidden: int = 128, in_channels: int = 1):
+    def __init__(self, num_classes: int = 10, channels: int = 32, hidden: int = 128, in_channels: int = 1,
+                 dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1),
@@ -30,10 +33,11 @@ class DigitsCNN(nn.Module):
             nn.Linear(2 * channels * 16, hidden),
             nn.ReLU(),
         )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.dropout(self.features(x)))
 
 
 class MLP(nn.Module):

@@ -218,3 +218,20 @@ def require_model_members(checkpoint: Any, why: str) -> None:
         if isinstance(member, LogitsCheckpoint):
             raise InputError(f"'{path}' holds precomputed logits, but {checkpoint.path.name} must run on {why}: "
                              "its members must be models")
+
+
+# Scores that read the logits' scale, which the predictive "logits" (log-probabilities) do not have.
+SCALE_SCORES = ("energy",)
+
+
+def check_predictive_scores(names: tuple[str, ...], model: Any) -> None:
+    """Refuse scores that are constant on a predictive distribution: its logits are log p̄, so
+    ``logsumexp(z) = 0`` for every input and the energy score ranks by rounding noise (max-logit is log msp:
+    the same ranking as msp, allowed)."""
+    if not isinstance(model, Predictive):
+        return
+    bad = [n for n in names if n in SCALE_SCORES]
+    if bad:
+        raise ArgumentError("score", f"the {', '.join(bad)} score is undefined for {model.name}: its logits are the "
+                            "log of the mean probability, whose logsumexp is 0 for every input; use msp or the "
+                            "epistemic scores (mutual-information, disagreement)")

@@ -76,14 +76,17 @@ class OodSettings:
         object.__setattr__(self, "shrinkage", check_shrinkage(self.shrinkage))
         check_upper(self.n_bins, MAX_BINS, "n_bins")
 
-    def score_names(self, has_train: bool, has_members: bool = False) -> tuple[str, ...]:
-        """The scores asked for, else msp, max-logit, energy, + mahalanobis with training data, + the epistemic
-        scores (mutual-information, disagreement) for an ensemble / MC-dropout."""
+    def score_names(self, has_train: bool, members: int = 0) -> tuple[str, ...]:
+        """The scores asked for, else msp, max-logit, energy, + mahalanobis with training data; for an ensemble /
+        MC-dropout of ``members`` ≥ 1 predictive distributions msp, and with two or more the epistemic scores (mutual-information, disagreement): its logits
+        are log-probabilities, on which max-logit ranks as msp and energy is constant."""
         from calibscope.diagnostics.ood import EPISTEMIC_SCORES, LOGIT_SCORES
 
         if self.scores is not None:
             return self.scores
-        return LOGIT_SCORES + (("mahalanobis",) if has_train else ()) + (EPISTEMIC_SCORES if has_members else ())
+        if members:
+            return ("msp",) + (EPISTEMIC_SCORES if members > 1 else ())
+        return LOGIT_SCORES + (("mahalanobis",) if has_train else ())
 
 
 def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | None = None, *,
@@ -94,11 +97,12 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     from calibscope.diagnostics.ood import ood_report
     from calibscope.loading.types import LogitsCheckpoint
     from calibscope.results import OodResult
-    from calibscope.workflows.ensemble import Predictive, as_model_ref
+    from calibscope.workflows.ensemble import Predictive, as_model_ref, check_predictive_scores
 
     s = settings or OodSettings()
     path, ood_path = as_model_ref(checkpoint), Path(ood_data)
-    names = s.score_names(train is not None, has_members=isinstance(path, Predictive) and path.samples > 1)
+    names = s.score_names(train is not None, members=path.samples if isinstance(path, Predictive) else 0)
+    check_predictive_scores(names, path)
     features = wants_features(names, train)
     if features:
         session = session.with_options(capture_features=True)

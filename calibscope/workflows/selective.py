@@ -56,10 +56,11 @@ def run_selective(session: Session, checkpoint: Path | str, settings: SelectiveS
     from calibscope.diagnostics.selective import selective_report
     from calibscope.loading.types import LogitsCheckpoint
     from calibscope.results import SelectiveResult
-    from calibscope.workflows.ensemble import as_model_ref
+    from calibscope.workflows.ensemble import as_model_ref, check_predictive_scores
 
     s = settings or SelectiveSettings()
     path = as_model_ref(checkpoint)
+    check_predictive_scores(s.scores, path)
     features = wants_features(s.scores, train)
     if features:
         session = session.with_options(capture_features=True)

@@ -182,3 +182,14 @@ def test_mc_dropout_refuses_what_it_cannot_switch(samples, net_files):
                          ("digits_hard_test_logits.npz", "logits")):
         with pytest.raises(InputError, match=what):
             s.outputs(Predictive((samples / frozen,), mc_dropout=2))
+
+
+def test_shipped_dropout_sample(samples):
+    path = samples / "digits_dropout.safetensors"
+    assert path.stat().st_size < 200_000
+    s = Session(samples / "digits_test.npz", limit=200)
+    module = s.checkpoint(path).module
+    assert isinstance(module.dropout, torch.nn.Dropout) and module.dropout.p == 0.5
+    mc, ckpt = s.outputs(Predictive((path,), mc_dropout=2))
+    assert mc.meta["dropout_layers"] == ["dropout"] and not torch.equal(mc.member_logits[0], mc.member_logits[1])
+    assert not module.dropout.training  # back in eval mode after the passes
