@@ -78,8 +78,9 @@ class OodSettings:
 
     def score_names(self, has_train: bool, members: int = 0) -> tuple[str, ...]:
         """The scores asked for, else msp, max-logit, energy, + mahalanobis with training data; for an ensemble /
-        MC-dropout of ``members`` ≥ 1 predictive distributions msp, and with two or more the epistemic scores (mutual-information, disagreement): its logits
-        are log-probabilities, on which max-logit ranks as msp and energy is constant."""
+        MC-dropout of ``members`` predictive distributions: msp, and with two or more the epistemic scores
+        (mutual-information, disagreement) — its logits are log-probabilities, on which max-logit ranks as msp
+        and energy is constant."""
         from calibscope.diagnostics.ood import EPISTEMIC_SCORES, LOGIT_SCORES
 
         if self.scores is not None:
