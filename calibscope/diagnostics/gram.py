@@ -9,7 +9,8 @@ by its row sums, a vector of :math:`C_l` values,
 .. math::
 
     g_{l,p,c}(x) = \operatorname{sign}(s_c)\,|s_c|^{1/p}, \qquad
-    s_c = \sum_{c'} \sum_{j} F_{l,cj}^{\,p}\, F_{l,c'j}^{\,p} = \sum_j F_{l,cj}^{\,p} \Bigl(\sum_{c'} F_{l,c'j}^{\,p}\Bigr).
+    s_c = \sum_{c'} \sum_{j} F_{l,cj}^{\,p}\, F_{l,c'j}^{\,p}
+        = \sum_j F_{l,cj}^{\,p} \Bigl(\sum_{c'} F_{l,c'j}^{\,p}\Bigr).
 
 **Fit** (:func:`fit_gram`): per class k (the label on the fit data), per layer and order, the minimum and
 maximum of every entry over the fit examples of class k. **Deviation** of an input predicted as class
@@ -17,7 +18,8 @@ maximum of every entry over the fit examples of class k. **Deviation** of an inp
 
 .. math::
 
-    \delta_l(x) = \sum_p \sum_c \frac{\max(0,\ \mathrm{min}_{\hat y,l,p,c} - g_{l,p,c})}{|\mathrm{min}_{\hat y,l,p,c} + 10^{-6}|}
+    \delta_l(x) = \sum_p \sum_c
+        \frac{\max(0,\ \mathrm{min}_{\hat y,l,p,c} - g_{l,p,c})}{|\mathrm{min}_{\hat y,l,p,c} + 10^{-6}|}
         + \frac{\max(0,\ g_{l,p,c} - \mathrm{max}_{\hat y,l,p,c})}{|\mathrm{max}_{\hat y,l,p,c} + 10^{-6}|},
     \qquad \Delta(x) = \sum_l \frac{\delta_l(x)}{\mathbb E_\text{val}[\delta_l]},
 

@@ -1,9 +1,9 @@
 """The Gram-matrix detector (Sastry & Oore 2020) equals pytorch-ood 0.4's ``Gram`` on the same model and data.
 
 Model: the shipped digits_hard CNN in float64; layers: its three ReLU outputs (pytorch-ood gets the same three
-maps as the outputs of three sequential blocks); scored: 200 test digits and
-the same digits inverted; fit data: the 150 training digits. pytorch-ood draws its held-out split with the global ``torch.randperm``; we give ours
-a generator seeded the same way, so both hold out the same examples. pytorch-ood's outlier score is Δ; ours is
+maps as the outputs of three sequential blocks); scored: 200 test digits and the same digits inverted; fit
+data: the 150 training digits. pytorch-ood draws its held-out split with the global ``torch.randperm``; we give
+ours a generator seeded the same way, so both hold out the same examples. pytorch-ood's outlier score is Δ; ours is
 −Δ. Run under float64 default dtype so that pytorch-ood's accumulators are float64 too.
 """
 
