@@ -94,10 +94,14 @@ def one_model(checkpoints: list[Path], *, ensemble: bool = False, mc_dropout: in
 
 # Help texts shared by ood and selective.
 HELP_SCORES = ("Comma-separated confidence scores: msp (max softmax probability), max-logit, energy (Liu et al. "
-               "2020), mahalanobis (Lee et al. 2018; needs --train), and with --ensemble / --mc-dropout the "
-               "epistemic mutual-information (BALD) and disagreement")
-HELP_TRAIN = ("Training data (with labels) for the mahalanobis score: class means and one shared covariance of "
-              "the penultimate features. Its 'train' split is used when it holds several.")
+               "2020), mahalanobis (Lee et al. 2018; needs --train), and the post-hoc detectors odin (Liang et al. "
+               "2018), knn (Sun et al. 2022; --train), vim (Wang et al. 2022; --train), react (Sun et al. 2021; "
+               "--train), ash (Djurisic et al. 2023), gradnorm (Huang et al. 2021), gram (Sastry & Oore 2020; "
+               "--train, --val); with --ensemble / --mc-dropout the epistemic mutual-information (BALD) and "
+               "disagreement; docs/ood.md")
+HELP_TRAIN = ("Training data (with labels) the detectors are fitted on: class means and shared covariance "
+              "(mahalanobis), the feature bank (knn), the principal space (vim), the clip threshold (react), "
+              "the class-wise Gram bounds (gram). Its 'train' split is used when it holds several.")
 HELP_TEMPERATURE = ("Softmax temperature T for msp and energy: a number (e.g. the T that 'calibscope temperature' "
                     "fitted on validation data, Guo et al. 2017), or 'fit' for the NLL-optimal T on the labelled "
                     "--data itself (optimistic: it sees the test labels) [default: 1].")
@@ -459,3 +463,42 @@ def display_names(paths):
     from calibscope.workflows.session import display_names as names
 
     return names(paths)
+
+
+# ---- post-hoc OOD detectors (calibscope ood, calibscope selective; defaults: the papers', docs/ood.md) ----
+
+HELP_VAL_GRAM = ("Validation data for the gram detector's normalisers (mean deviation per layer); without it 10 % "
+                 "of each class of --train is held out (seeded by --gram-seed), as pytorch-ood does.")
+ValOpt = Annotated[Path | None, typer.Option("--val", help=HELP_VAL_GRAM, show_default=False)]
+KnnKOpt = Annotated[int, typer.Option("--knn-k", help="knn: the k-th nearest normalised training feature "
+                                      "(Sun et al. 2022).")]
+VimDimOpt = Annotated[int | None, typer.Option("--vim-dim", help="vim: principal dimension [default: the paper's "
+                                               "rule, 1000 for D >= 2048, 512 for D >= 768, else D/2].",
+                                               show_default=False)]
+ReactPercentileOpt = Annotated[float, typer.Option("--react-percentile", help="react: clip the features at this "
+                                                   "quantile of the training activations.")]
+AshVariantOpt = Annotated[str, typer.Option("--ash-variant", help="ash: ash-p (prune), ash-b (binarise) or ash-s "
+                                            "(scale).")]
+AshPercentileOpt = Annotated[float, typer.Option("--ash-percentile", help="ash: share of the activations pruned.")]
+OdinTemperatureOpt = Annotated[float, typer.Option("--odin-temperature", help="odin: softmax temperature T.")]
+OdinEpsilonOpt = Annotated[float, typer.Option("--odin-epsilon", help="odin: input perturbation ε, on the [0, 1] "
+                                               "input scale.")]
+GradnormTemperatureOpt = Annotated[float, typer.Option("--gradnorm-temperature", help="gradnorm: temperature T.")]
+GramPolesOpt = Annotated[int, typer.Option("--gram-poles", help="gram: Gram orders p = 1..P.")]
+GramLayersOpt = Annotated[str | None, typer.Option("--gram-layers", help="gram: comma-separated module names whose "
+                                                   "outputs are read [default: every activation module].",
+                                                   show_default=False)]
+GramSeedOpt = Annotated[int, typer.Option("--gram-seed", help="gram: seed of the held-out split (without --val).")]
+
+
+def detector_settings(*, knn_k, vim_dim, react_percentile, ash_variant, ash_percentile, odin_temperature,
+                      odin_epsilon, gradnorm_temperature, gram_poles, gram_layers, gram_seed):
+    """The detector options as :class:`~calibscope.workflows.ood_scores.DetectorSettings`."""
+    from calibscope.workflows.ood_scores import DetectorSettings
+
+    layers = None if gram_layers is None else tuple(x.strip() for x in gram_layers.split(",") if x.strip())
+    return DetectorSettings(knn_k=knn_k, vim_dim=vim_dim, react_percentile=react_percentile,
+                            ash_variant=ash_variant.strip().lower(), ash_percentile=ash_percentile,
+                            odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
+                            gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
+                            gram_layers=layers, seed=gram_seed)

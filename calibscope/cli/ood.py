@@ -15,10 +15,17 @@ from calibscope.cli._common import (
     HELP_TRAIN,
     ArchKwargsOpt,
     ArchOpt,
+    AshPercentileOpt,
+    AshVariantOpt,
     BatchSizeOpt,
     DeviceOpt,
     EnsembleOpt,
+    GradnormTemperatureOpt,
+    GramLayersOpt,
+    GramPolesOpt,
+    GramSeedOpt,
     JsonOpt,
+    KnnKOpt,
     LabelColumnOpt,
     LabelsOpt,
     LogOpt,
@@ -26,13 +33,28 @@ from calibscope.cli._common import (
     McSeedOpt,
     MeanOpt,
     NoCacheOpt,
+    OdinEpsilonOpt,
+    OdinTemperatureOpt,
     OutputOpt,
     PrecisionOpt,
     PrefixOpt,
+    ReactPercentileOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
+    ValOpt,
+    VimDimOpt,
     cli_errors,
+)
+from calibscope.diagnostics.defaults import (
+    DEFAULT_ASH_PERCENTILE,
+    DEFAULT_ASH_VARIANT,
+    DEFAULT_GRADNORM_TEMPERATURE,
+    DEFAULT_GRAM_POLES,
+    DEFAULT_KNN_K,
+    DEFAULT_ODIN_EPSILON,
+    DEFAULT_ODIN_TEMPERATURE,
+    DEFAULT_REACT_PERCENTILE,
 )
 from calibscope.workflows.ood import DEFAULT_HISTOGRAM_BINS, DEFAULT_SHRINKAGE, DEFAULT_TPR
 
@@ -47,7 +69,8 @@ def ood(
                                   "input shape (labels ignored), or a logits file of the same model on them.",
                                   show_default=False),
     train: Path | None = typer.Option(None, "--train", help=HELP_TRAIN, show_default=False),
-    score: str | None = typer.Option(None, "--score", "-s", help=HELP_SCORES + " [default: msp,max-logit,"
+    val: ValOpt = None,
+    score: str | None = typer.Option(None, "--score", "--detector", "-s", help=HELP_SCORES + " [default: msp,max-logit,"
                                      "energy, and mahalanobis with --train].", show_default=False),
     temperature: str = typer.Option("1", "--temperature", "-T", help=HELP_TEMPERATURE, show_default=False),
     shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
@@ -57,6 +80,17 @@ def ood(
                                  "class to detect, as pytorch-ood and torch-uncertainty) or in (in-distribution, "
                                  "Liu et al. 2020's wording). AUROC and AUPR-In/Out do not depend on it."),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
+    knn_k: KnnKOpt = DEFAULT_KNN_K,
+    vim_dim: VimDimOpt = None,
+    react_percentile: ReactPercentileOpt = DEFAULT_REACT_PERCENTILE,
+    ash_variant: AshVariantOpt = DEFAULT_ASH_VARIANT,
+    ash_percentile: AshPercentileOpt = DEFAULT_ASH_PERCENTILE,
+    odin_temperature: OdinTemperatureOpt = DEFAULT_ODIN_TEMPERATURE,
+    odin_epsilon: OdinEpsilonOpt = DEFAULT_ODIN_EPSILON,
+    gradnorm_temperature: GradnormTemperatureOpt = DEFAULT_GRADNORM_TEMPERATURE,
+    gram_poles: GramPolesOpt = DEFAULT_GRAM_POLES,
+    gram_layers: GramLayersOpt = None,
+    gram_seed: GramSeedOpt = 0,
     json_: JsonOpt = False,
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " ROC curves: ood_roc.png/.svg; "
@@ -87,7 +121,8 @@ def ood(
     says which); every score is higher for inputs that look more in-distribution. Ties are handled as
     scikit-learn does. Scores: max softmax probability (Hendrycks & Gimpel 2017), max logit, energy
     T·logsumexp(z/T) (Liu et al. 2020) and, with --train, the Mahalanobis distance of the penultimate
-    features to the closest class mean (Lee et al. 2018).
+    features to the closest class mean (Lee et al. 2018); the post-hoc detectors odin, knn, vim, react, ash,
+    gradnorm and gram with --score (equal to pytorch-ood 0.4's implementations; docs/ood.md).
 
     Examples:
 
@@ -96,6 +131,9 @@ def ood(
       calibscope ood model.pt2 --data test.npz --ood-data svhn/ --train train.npz --out figs/
 
       calibscope ood test_logits.npz --ood-data ood_logits.npz --score energy --json
+
+      calibscope ood model.safetensors --data test.npz --ood-data svhn/ --train train.npz --val val.npz
+      --score energy,knn,vim,gram
     """
     with cli_errors():
         from calibscope.render import trackers
@@ -105,6 +143,7 @@ def ood(
 
         check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
+            detector_settings,
             one_model,
             parse_shrinkage,
             parse_temperature,
@@ -115,12 +154,19 @@ def ood(
         from calibscope.workflows.ood import OodSettings, run_ood
 
         settings = OodSettings(scores=score, temperature=parse_temperature(temperature),
-                               shrinkage=parse_shrinkage(shrinkage), tpr=tpr, n_bins=bins, positive=positive)
+                               shrinkage=parse_shrinkage(shrinkage), tpr=tpr, n_bins=bins, positive=positive,
+                               detectors=detector_settings(
+                                   knn_k=knn_k, vim_dim=vim_dim, react_percentile=react_percentile,
+                                   ash_variant=ash_variant, ash_percentile=ash_percentile,
+                                   odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
+                                   gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
+                                   gram_layers=gram_layers, gram_seed=gram_seed))
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                                        arch_kwargs=arch_kwargs, trust=trust,
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
+            detector_settings,
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         result = run_ood(session, model, settings, ood_data=ood_data, train=train, name=name)
         doc = ood_view.document(result)

@@ -15,10 +15,17 @@ from calibscope.cli._common import (
     HELP_TRAIN,
     ArchKwargsOpt,
     ArchOpt,
+    AshPercentileOpt,
+    AshVariantOpt,
     BatchSizeOpt,
     DeviceOpt,
     EnsembleOpt,
+    GradnormTemperatureOpt,
+    GramLayersOpt,
+    GramPolesOpt,
+    GramSeedOpt,
     JsonOpt,
+    KnnKOpt,
     LabelColumnOpt,
     LabelsOpt,
     LogOpt,
@@ -26,13 +33,28 @@ from calibscope.cli._common import (
     McSeedOpt,
     MeanOpt,
     NoCacheOpt,
+    OdinEpsilonOpt,
+    OdinTemperatureOpt,
     OutputOpt,
     PrecisionOpt,
     PrefixOpt,
+    ReactPercentileOpt,
     SplitOpt,
     StdOpt,
     TrustOpt,
+    ValOpt,
+    VimDimOpt,
     cli_errors,
+)
+from calibscope.diagnostics.defaults import (
+    DEFAULT_ASH_PERCENTILE,
+    DEFAULT_ASH_VARIANT,
+    DEFAULT_GRADNORM_TEMPERATURE,
+    DEFAULT_GRAM_POLES,
+    DEFAULT_KNN_K,
+    DEFAULT_ODIN_EPSILON,
+    DEFAULT_ODIN_TEMPERATURE,
+    DEFAULT_REACT_PERCENTILE,
 )
 from calibscope.workflows.ood import DEFAULT_SHRINKAGE
 from calibscope.workflows.selective import DEFAULT_COVERAGES, DEFAULT_SCORES
@@ -43,7 +65,7 @@ def selective(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "
                   "file; several with --ensemble.", show_default=False),
     data: Path | None = typer.Option(None, "--data", "-d", help=HELP["data"], show_default=False),
-    score: str = typer.Option(",".join(DEFAULT_SCORES), "--score", "-s",
+    score: str = typer.Option(",".join(DEFAULT_SCORES), "--score", "--detector", "-s",
                               help=HELP_SCORES + "; several are drawn side by side."),
     coverage: str = typer.Option(",".join(map(str, DEFAULT_COVERAGES)), "--coverage",
                                  help="Coverages at which to report the accuracy of the kept examples "
@@ -53,8 +75,20 @@ def selective(
                                              show_default=False),
     temperature: str = typer.Option("1", "--temperature", "-T", help=HELP_TEMPERATURE, show_default=False),
     train: Path | None = typer.Option(None, "--train", help=HELP_TRAIN, show_default=False),
+    val: ValOpt = None,
     shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
+    knn_k: KnnKOpt = DEFAULT_KNN_K,
+    vim_dim: VimDimOpt = None,
+    react_percentile: ReactPercentileOpt = DEFAULT_REACT_PERCENTILE,
+    ash_variant: AshVariantOpt = DEFAULT_ASH_VARIANT,
+    ash_percentile: AshPercentileOpt = DEFAULT_ASH_PERCENTILE,
+    odin_temperature: OdinTemperatureOpt = DEFAULT_ODIN_TEMPERATURE,
+    odin_epsilon: OdinEpsilonOpt = DEFAULT_ODIN_EPSILON,
+    gradnorm_temperature: GradnormTemperatureOpt = DEFAULT_GRADNORM_TEMPERATURE,
+    gram_poles: GramPolesOpt = DEFAULT_GRAM_POLES,
+    gram_layers: GramLayersOpt = None,
+    gram_seed: GramSeedOpt = 0,
     json_: JsonOpt = False,
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
@@ -102,6 +136,7 @@ def selective(
 
         check_outputs(folders={"--out": out})
         from calibscope.cli._common import (
+            detector_settings,
             one_model,
             parse_floats,
             parse_shrinkage,
@@ -114,12 +149,19 @@ def selective(
 
         settings = SelectiveSettings(scores=score, coverages=parse_floats(coverage, "coverage"),
                                      target_risk=target_risk, temperature=parse_temperature(temperature),
-                                     shrinkage=parse_shrinkage(shrinkage))
+                                     shrinkage=parse_shrinkage(shrinkage),
+                                     detectors=detector_settings(
+                                         knn_k=knn_k, vim_dim=vim_dim, react_percentile=react_percentile,
+                                         ash_variant=ash_variant, ash_percentile=ash_percentile,
+                                         odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
+                                         gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
+                                         gram_layers=gram_layers, gram_seed=gram_seed))
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                                        arch_kwargs=arch_kwargs, trust=trust,
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
+            detector_settings,
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         result = run_selective(session, model, settings, train=train, name=name)
         doc = selective_view.document(result)

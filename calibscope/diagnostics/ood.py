@@ -50,6 +50,8 @@ from calibscope.errors import InputError
 __all__ = [
     "DEFAULT_POSITIVE",
     "EPISTEMIC_SCORES",
+    "DETECTOR_SCORES",
+    "SCORE_NEEDS",
     "LOGIT_SCORES",
     "POSITIVES",
     "SCORES",
@@ -73,12 +75,30 @@ __all__ = [
     "score_histogram",
 ]
 
-Score = Literal["msp", "max-logit", "energy", "mahalanobis", "mutual-information", "disagreement"]
-SCORES: tuple[str, ...] = ("msp", "max-logit", "energy", "mahalanobis", "mutual-information", "disagreement")
+Score = str  # a name of SCORES
 LOGIT_SCORES: tuple[str, ...] = ("msp", "max-logit", "energy")  # need only the logits
+# Post-hoc detectors computed by calibscope.workflows.ood_scores (they need features + the classifier layer,
+# in-distribution fit data, the model's input gradients or several layers: see SCORE_NEEDS).
+DETECTOR_SCORES: tuple[str, ...] = ("odin", "knn", "vim", "react", "ash", "gradnorm", "gram")
+SCORES: tuple[str, ...] = LOGIT_SCORES + ("mahalanobis",) + EPISTEMIC_SCORES + DETECTOR_SCORES
+# What each score needs besides the logits: "features" (penultimate features and the final layer's W, b),
+# "train" (labelled in-distribution fit data), "model" (the model itself: input gradients or hooked layers),
+# "members" (the logits of ensemble members / MC-dropout passes: calibscope.diagnostics.ensemble).
+# To add a score: its name in SCORES, an entry here and in _FORMULAS/_REFERENCES, and its computation in
+# calibscope.workflows.ood_scores.DetectorScorer.score (or a branch of confidence_score when it needs only
+# the logits).
+SCORE_NEEDS: dict[str, frozenset[str]] = {
+    "msp": frozenset(), "max-logit": frozenset(), "energy": frozenset(),
+    "mahalanobis": frozenset({"features", "train"}), "odin": frozenset({"model"}),
+    "knn": frozenset({"features", "train"}), "vim": frozenset({"features", "train"}),
+    "react": frozenset({"features", "train"}), "ash": frozenset({"features"}), "gradnorm": frozenset({"features"}),
+    "gram": frozenset({"model", "train"}),
+    "mutual-information": frozenset({"members"}), "disagreement": frozenset({"members"}),
+}
 _ALIASES = {"max_logit": "max-logit", "maxlogit": "max-logit", "max-softmax": "msp", "max_softmax": "msp",
             "maha": "mahalanobis", "mi": "mutual-information", "mutual_information": "mutual-information",
-            "bald": "mutual-information"}
+            "bald": "mutual-information",
+            "gram-matrix": "gram", "grad-norm": "gradnorm"}
 _F64 = torch.float64
 _REFERENCES = {
     "msp": "Hendrycks & Gimpel 2017, A Baseline for Detecting Misclassified and Out-of-Distribution Examples",
@@ -90,6 +110,17 @@ _REFERENCES = {
                           "Learning, Eq. 2 (BALD); Gal 2016, Uncertainty in Deep Learning, §3.3.1",
     "disagreement": "variance of the members' probability of the predicted class (the MC-dropout sample "
                     "spread of Kendall et al. 2017, Bayesian SegNet, at the predicted class)",
+    "odin": "Liang, Li & Srikant 2018, Enhancing the Reliability of Out-of-distribution Image Detection in Neural "
+            "Networks (ICLR)",
+    "knn": "Sun, Ming, Zhu & Li 2022, Out-of-Distribution Detection with Deep Nearest Neighbors (ICML)",
+    "vim": "Wang, Li, Zhang & Tan 2022, ViM: Out-Of-Distribution with Virtual-logit Matching (CVPR)",
+    "react": "Sun, Guo & Li 2021, ReAct: Out-of-distribution Detection With Rectified Activations (NeurIPS)",
+    "ash": "Djurisic, Bozanic, Ashok & Liu 2023, Extremely Simple Activation Shaping for Out-of-Distribution "
+           "Detection (ICLR)",
+    "gradnorm": "Huang, Geng & Li 2021, On the Importance of Gradients for Detecting Distributional Shifts in the "
+                "Wild (NeurIPS)",
+    "gram": "Sastry & Oore 2020, Detecting Out-of-Distribution Examples with In-distribution Examples and Gram "
+            "Matrices (ICML)",
 }
 _FORMULAS = {
     "msp": "max_k softmax(z/T)_k",
@@ -98,6 +129,15 @@ _FORMULAS = {
     "mahalanobis": "-min_c (f(x) - mu_c)^T Sigma^-1 (f(x) - mu_c)",
     "mutual-information": "-(H(p_bar) - (1/S) sum_s H(p_s)),  p_bar = (1/S) sum_s softmax(z_s)",
     "disagreement": "-(1/S) sum_s (p_s(y_hat) - p_bar(y_hat))^2,  y_hat = argmax p_bar",
+    "odin": "max_k softmax(f(x~)/T)_k, x~ = x - eps sign(grad_x CE(f(x)/T, argmax f(x)))",
+    "knn": "-|| f^(x) - f^_(k) ||_2, f^ = f/||f||, k-th nearest normalised training feature",
+    "vim": "logsumexp(z) - alpha ||R^T (f - u)||, u = -W^+ b, R = residual principal subspace",
+    "react": "logsumexp(W min(f, c) + b), c = percentile of the training activations",
+    "ash": "logsumexp(W ash(f) + b), ash = keep the top (1 - percentile) activations (-p: as is, -b: binarised "
+           "to the mean mass, -s: scaled by exp(sum f / sum kept))",
+    "gradnorm": "(1/T) ||softmax(z/T) - 1/K||_1 ||f||_1  (= ||dCE(uniform)/dW||_1)",
+    "gram": "-sum_l delta_l(x) / E_val[delta_l], delta_l = deviation of the row-summed p-th order Gram matrices "
+            "of layer l from the class-wise [min, max] of the fit data (predicted class), p = 1..P",
 }
 
 
@@ -468,6 +508,9 @@ def confidence_score(
         return max_logit_score(logits)
     if name == "energy":
         return energy_score(logits, temperature=temperature)
+    if name in DETECTOR_SCORES:
+        raise InputError(f"the {name!r} detector needs more than logits and is computed by "
+                         "calibscope.workflows.ood_scores (calibscope ood / selective --score)")
     if gaussians is None:
         raise InputError("the 'mahalanobis' score needs class Gaussians fitted on training features "
                          "(fit_class_gaussians; --train TRAIN on the command line)")

@@ -416,6 +416,7 @@ def selective_report(
     coverages: Sequence[float] = DEFAULT_COVERAGES,
     target_risk: float | None = None,
     member_logits: torch.Tensor | None = None,
+    confidences: torch.Tensor | None = None,
 ) -> SelectiveReport:
     """:func:`risk_coverage` of a classifier's outputs: prediction = argmax of the logits, confidence = ``score``.
 
@@ -427,6 +428,8 @@ def selective_report(
         features, gaussians: for ``score="mahalanobis"`` (see :func:`~calibscope.diagnostics.ood.confidence_score`).
         coverages, target_risk: as in :func:`risk_coverage`.
         member_logits: ``[S, N, K]`` logits of ensemble members / MC-dropout passes, for the epistemic scores.
+        confidences: ``[N]`` scores of ``score`` computed elsewhere (the post-hoc detectors of
+            :mod:`calibscope.workflows.ood_scores`); the prediction is still the argmax of ``logits``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -442,8 +445,11 @@ def selective_report(
     if logits.shape[0] == 0:
         raise InputError("Expected at least one example, but got N = 0")
     (name,) = parse_scores([score])
-    confidences = confidence_score(logits, score=name, temperature=temperature, features=features,
-                                   gaussians=gaussians, member_logits=member_logits)
+    if confidences is None:
+        confidences = confidence_score(logits, score=name, temperature=temperature, features=features,
+                                       gaussians=gaussians, member_logits=member_logits)
+    elif not isinstance(confidences, torch.Tensor) or confidences.shape != (logits.shape[0],):
+        raise InputError(f"Expected `confidences` of shape [{logits.shape[0]}] (one per row of `logits`)")
     correct = logits.argmax(dim=1) == labels.to(torch.int64)
     return risk_coverage(confidences, correct, coverages=coverages, target_risk=target_risk, score_name=name,
                          temperature=float(temperature) if name in ("msp", "energy") else None)

@@ -60,9 +60,11 @@ def layer_statistics(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(logits ``[N, K]``, one ``torch.cat`` of ``reduce(output)`` per layer), both on the CPU.
 
-    Each named module must run exactly once per forward pass.
+    Each named module must run exactly once per forward pass. With no ``layers`` this is a plain batched forward
+    pass of any module (ODIN's perturbed inputs).
     """
-    _check_eager(model)
+    if layers:
+        _check_eager(model)
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
@@ -71,7 +73,11 @@ def layer_statistics(
     if not isinstance(inputs, torch.Tensor) or inputs.shape[0] == 0:
         raise InputError("Expected a non-empty tensor of inputs")
     device = torch.device(device)
-    model = model.eval().to(device, dtype)
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export programs: mode fixed at export time
+        pass
+    model = model.to(device, dtype)
     current: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = []
     for name in layers:

@@ -36,9 +36,13 @@ __all__ = [
     "write_outputs",
 ]
 
-SCORE_COLORS = {"msp": "#3b6fb6", "max-logit": "#2ca02c", "energy": "#d62728", "mahalanobis": "#9467bd"}
+SCORE_COLORS = {"msp": "#3b6fb6", "max-logit": "#2ca02c", "energy": "#d62728", "mahalanobis": "#9467bd",
+                "odin": "#8c564b", "knn": "#e377c2", "vim": "#17becf", "react": "#bcbd22", "ash": "#ff7f0e",
+                "gradnorm": "#7f7f7f", "gram": "#1a1a1a"}
 SCORE_LABELS = {"msp": "Max softmax prob.", "max-logit": "Max logit", "energy": "Energy (−E)",
-                "mahalanobis": "Mahalanobis (−d²)"}
+                "mahalanobis": "Mahalanobis (−d²)", "odin": "ODIN", "knn": "KNN (−distance)",
+                "vim": "ViM", "react": "ReAct (energy)", "ash": "ASH (energy)", "gradnorm": "GradNorm",
+                "gram": "Gram (−deviation)"}
 IN_COLOR, OUT_COLOR = "#3b6fb6", "#ff7f0e"
 IN_LABEL, OUT_LABEL = "In-distribution", "OOD"
 

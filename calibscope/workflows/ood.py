@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from calibscope.bounds import MAX_BINS, check_upper
 from calibscope.errors import ArgumentError, InputError
+from calibscope.workflows.ood_scores import DetectorScorer, DetectorSettings, needs
 
 if TYPE_CHECKING:  # pragma: no cover
     from calibscope.diagnostics.ood import ClassGaussians
@@ -51,8 +52,9 @@ def check_shrinkage(value: Shrinkage) -> Shrinkage:
 class OodSettings:
     """``scores``: detectors (default msp, max-logit, energy, and mahalanobis when training data is given);
     ``temperature`` of msp and energy; ``shrinkage`` of the Mahalanobis covariance; ``tpr``: the TPR level of
-    the FPR metric; ``n_bins``: bins of the score histograms; ``positive``: the positive class of the FPR metric
-    and the ROC curves, ``"ood"`` (default: pytorch-ood's and torch-uncertainty's convention) or ``"in"``."""
+    the FPR metric; ``n_bins``: bins of the score histograms; ``detectors``: hyper-parameters of the post-hoc
+    detectors (:class:`~calibscope.workflows.ood_scores.DetectorSettings`); ``positive``: the positive class of
+    the FPR metric and the ROC curves, ``"ood"`` (default: pytorch-ood's and torch-uncertainty's convention) or ``"in"``."""
 
     scores: tuple[str, ...] | None = None
     temperature: Temperature = DEFAULT_TEMPERATURE
@@ -60,6 +62,7 @@ class OodSettings:
     tpr: float = DEFAULT_TPR
     n_bins: int = DEFAULT_HISTOGRAM_BINS
     positive: str = "ood"
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
 
     def __post_init__(self) -> None:
         from calibscope.diagnostics.ood import check_positive
@@ -91,11 +94,12 @@ class OodSettings:
 
 
 def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | None = None, *,
-            ood_data: Path | str, train: Path | str | None = None, name: str | None = None) -> OodResult:
+            ood_data: Path | str, train: Path | str | None = None, val: Path | str | None = None,
+            name: str | None = None) -> OodResult:
     """AUROC, AUPR-In/Out and FPR at 95 % TPR of each score, the session's data being in-distribution and
     ``ood_data`` (a dataset of the same input shape, or a logits file of the model on it) the rest;
-    ``train``: training data for the Mahalanobis score."""
-    from calibscope.diagnostics.ood import ood_report
+    ``train``: in-distribution fit data (Mahalanobis, KNN, ViM, ReAct, Gram); ``val``: Gram's normalisers."""
+    from calibscope.diagnostics.ood import DETECTOR_SCORES, ood_report
     from calibscope.loading.types import LogitsCheckpoint
     from calibscope.results import OodResult
     from calibscope.workflows.ensemble import Predictive, as_model_ref, check_predictive_scores
@@ -105,26 +109,39 @@ def run_ood(session: Session, checkpoint: Path | str, settings: OodSettings | No
     names = s.score_names(train is not None, members=path.samples if isinstance(path, Predictive) else 0)
     check_predictive_scores(names, path)
     features = wants_features(names, train)
-    if features:
+    detectors = tuple(n for n in names if n in DETECTOR_SCORES)
+    if features or "features" in needs(detectors):
         session = session.with_options(capture_features=True)
     in_outputs, ckpt = session.outputs(path)
+    scorer = DetectorScorer(session, ckpt, detectors, s.detectors, train=train, val=val) if detectors else None
     t, temperature_fit = resolve_temperature(s.temperature, in_outputs)
     gaussians, train_meta = None, None
     if features:
         gaussians, train_meta = fit_train_gaussians(session, Path(train), checkpoint=ckpt, shrinkage=s.shrinkage)
     out_outputs = ood_outputs(session, ood_path, checkpoint=ckpt, num_classes=in_outputs.num_classes)
+    precomputed = {}
+    if scorer is not None:
+        in_set, out_set = session.dataset, ood_dataset(session, ood_path, checkpoint=ckpt)
+        for n in detectors:
+            precomputed[n] = (scorer.score(n, in_outputs, in_set, role="in-distribution"),
+                              scorer.score(n, out_outputs, out_set, role="OOD"), scorer.definition(n))
+        if train_meta is None and "train" in scorer.meta:
+            train_meta = scorer.meta["train"]
     report = ood_report(in_outputs.logits, out_outputs.logits, scores=names, temperature=t,
                         in_features=in_outputs.features, out_features=out_outputs.features,
                         gaussians=gaussians, tpr_level=s.tpr, n_bins=s.n_bins, positive=s.positive,
-                        in_member_logits=in_outputs.member_logits, out_member_logits=out_outputs.member_logits)
+                        in_member_logits=in_outputs.member_logits, out_member_logits=out_outputs.member_logits,
+                        precomputed=precomputed)
+    fitted = features or (scorer is not None and "train" in needs(detectors))
     in_path = session.data_path if session.data_path is not None else (
         path if isinstance(ckpt, LogitsCheckpoint) else None)
     return OodResult(
         name=name or path.name, path=path, format=ckpt.format,
         data={"in": None if in_path is None else str(in_path), "ood": str(ood_path),
-              "train": str(train) if features else None},
+              "train": str(train) if fitted else None, **({"val": str(val)} if val is not None else {})},
         report=report,
-        inference={"in": in_outputs.meta, "ood": out_outputs.meta, **({"train": train_meta} if features else {})},
+        inference={"in": in_outputs.meta, "ood": out_outputs.meta,
+                   **({"train": train_meta} if fitted and train_meta is not None else {})},
         temperature_fit=temperature_fit,
     )
 
@@ -229,6 +246,19 @@ def ood_outputs(session: Session, path: Path, *, checkpoint: Checkpoint, num_cla
                                                        "from_probabilities": other.from_probabilities})
     validate_outputs(outputs, source=source)
     return outputs
+
+
+def ood_dataset(session: Session, path: Path, *, checkpoint: Checkpoint) -> Dataset | None:
+    """The OOD inputs as a dataset (labels dropped), or None when ``path`` is a logits file."""
+    from calibscope.loading.types import LogitsCheckpoint
+
+    if isinstance(checkpoint, LogitsCheckpoint):
+        return None
+    try:
+        dataset = session.for_data(path, prefer_split=session.split).dataset
+    except InputError:
+        return None
+    return dataclasses.replace(dataset, labels=None)
 
 
 def fit_train_gaussians(session: Session, path: Path, *, checkpoint: Checkpoint,

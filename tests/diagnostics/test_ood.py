@@ -137,8 +137,9 @@ def test_saturated_softmax_gives_ties_of_one():
 def test_parse_scores():
     assert parse_scores("msp, MAX_LOGIT,energy,msp") == ("msp", "max-logit", "energy")
     assert parse_scores(["mahalanobis"]) == ("mahalanobis",)
-    with pytest.raises(InputError, match="one of msp, max-logit, energy, mahalanobis"):
-        parse_scores("msp,odin")
+    assert parse_scores("odin,KNN,gram-matrix") == ("odin", "knn", "gram")
+    with pytest.raises(InputError, match="one of msp, max-logit, energy, mahalanobis, odin"):
+        parse_scores("msp,dice")
     with pytest.raises(InputError, match="at least one score"):
         parse_scores(" , ")
 
