@@ -166,9 +166,8 @@ def ood(
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
-            detector_settings,
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
-        result = run_ood(session, model, settings, ood_data=ood_data, train=train, name=name)
+        result = run_ood(session, model, settings, ood_data=ood_data, train=train, val=val, name=name)
         doc = ood_view.document(result)
         trackers.log_run(log, name="ood", document=doc)
         written = ood_view.write_outputs(out, result, doc) if out is not None else None

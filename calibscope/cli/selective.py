@@ -161,9 +161,8 @@ def selective(
                                        prefix=prefix, output=output, labels=labels, device=device, precision=precision,
                                        batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
                                        defaults=project_defaults(), layer=layer)
-            detector_settings,
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
-        result = run_selective(session, model, settings, train=train, name=name)
+        result = run_selective(session, model, settings, train=train, val=val, name=name)
         doc = selective_view.document(result)
         trackers.log_run(log, name="selective", document=doc)
         written = selective_view.write_outputs(out, result, doc) if out is not None else None

@@ -54,7 +54,8 @@ class OodSettings:
     ``temperature`` of msp and energy; ``shrinkage`` of the Mahalanobis covariance; ``tpr``: the TPR level of
     the FPR metric; ``n_bins``: bins of the score histograms; ``detectors``: hyper-parameters of the post-hoc
     detectors (:class:`~calibscope.workflows.ood_scores.DetectorSettings`); ``positive``: the positive class of
-    the FPR metric and the ROC curves, ``"ood"`` (default: pytorch-ood's and torch-uncertainty's convention) or ``"in"``."""
+    the FPR metric and the ROC curves, ``"ood"`` (default: pytorch-ood's and torch-uncertainty's convention)
+    or ``"in"``."""
 
     scores: tuple[str, ...] | None = None
     temperature: Temperature = DEFAULT_TEMPERATURE

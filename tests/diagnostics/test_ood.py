@@ -138,7 +138,7 @@ def test_parse_scores():
     assert parse_scores("msp, MAX_LOGIT,energy,msp") == ("msp", "max-logit", "energy")
     assert parse_scores(["mahalanobis"]) == ("mahalanobis",)
     assert parse_scores("odin,KNN,gram-matrix") == ("odin", "knn", "gram")
-    with pytest.raises(InputError, match="one of msp, max-logit, energy, mahalanobis, odin"):
+    with pytest.raises(InputError, match="one of msp, max-logit, energy, mahalanobis, mutual-information"):
         parse_scores("msp,dice")
     with pytest.raises(InputError, match="at least one score"):
         parse_scores(" , ")
