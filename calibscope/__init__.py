@@ -50,6 +50,8 @@ _LAZY = {
     "run_mi": "calibscope.workflows.mi",
     "HessianSettings": "calibscope.workflows.hessian",
     "run_hessian": "calibscope.workflows.hessian",
+    "LandscapeSettings": "calibscope.workflows.landscape",
+    "run_landscape": "calibscope.workflows.landscape",
     "ReportSettings": "calibscope.workflows.report",
     "run_report": "calibscope.workflows.report",
     "Gate": "calibscope.workflows.gate",
@@ -76,6 +78,9 @@ _LAZY = {
     "plane_projection": "calibscope.diagnostics.projection",
     "logit_gap_mutual_information": "calibscope.diagnostics.mutual_information",
     "top_hessian_eigenvalues": "calibscope.diagnostics.hessian",
+    "rho_sharpness": "calibscope.diagnostics.sharpness",
+    "loss_surface": "calibscope.diagnostics.landscape",
+    "loss_along_line": "calibscope.diagnostics.landscape",
 }
 
 __all__ = ["__version__", *_LAZY]

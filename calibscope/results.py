@@ -15,13 +15,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.diagnostics.calibration import CalibrationMetrics, CalibrationReport
     from calibscope.diagnostics.corp import CorpReliability
     from calibscope.diagnostics.hessian import HessianRepeats, HessianSpectrum
+    from calibscope.diagnostics.landscape import LossLine, LossSurface
     from calibscope.diagnostics.mutual_information import AugmentationCheck, LogitGapMutualInformation
     from calibscope.diagnostics.ood import OodReport
     from calibscope.diagnostics.projection import PlaneProjection
     from calibscope.diagnostics.selective import SelectiveReport
     from calibscope.diagnostics.temperature import TemperatureFit, TemperatureSweep
 
-__all__ = ["ClassChoice", "EceResult", "Evaluation", "Gate", "GateCheck", "HessianResult", "MiResult",
+__all__ = ["ClassChoice", "EceResult", "Evaluation", "Gate", "GateCheck", "HessianResult", "LandscapeResult",
+           "MiResult",
            "MiMeasurement", "OodResult", "ProjectedSplit", "ProjectionResult", "SelectiveResult",
            "TemperatureResult"]
 
@@ -260,6 +262,25 @@ class HessianResult:
     repeats: HessianRepeats | None = None  # all subsets, when --repeats > 1
     meta: dict[str, Any] = field(default_factory=dict)  # hashes, dataset, normalisation
 
+
+# --------------------------------------------------------------------------------------------------------
+# calibscope landscape
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LandscapeResult:
+    """One ``calibscope landscape A [B]`` run: the loss surface around A along filter-normalised random
+    directions and, with B, the loss along the straight line from A to B (``line``; ``name_b``/``path_b``)."""
+
+    name: str  # display name of checkpoint A
+    path: Path
+    format: str
+    surface: LossSurface
+    line: LossLine | None = None
+    name_b: str | None = None
+    path_b: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # hashes, dataset, normalisation
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ app = typer.Typer(
         "soft targets for distillation (distill), "
         "out-of-distribution detection (ood), Müller et al.'s "
         "penultimate-layer projections (project) and logit-gap mutual information (mi), SAM's top Hessian "
-        "eigenvalues (hessian), and all of them in one HTML page (report, compare).\n\n"
+        "eigenvalues (hessian), loss-surface slices (landscape), and all of them in one HTML page (report, "
+        "compare).\n\n"
         "Exit codes: 0 ok, 1 a gate failed (--max-ece), 2 bad input or usage, 3 internal error."
     ),
     no_args_is_help=True,
@@ -137,6 +138,7 @@ COMMANDS = (
     ("project", "project", "project"),
     ("mi", "mi", "mi"),
     ("hessian", "hessian", "hessian"),
+    ("landscape", "landscape", "landscape"),
     ("report", "report", "report"),
     ("compare", "report", "compare"),
 )

@@ -21,6 +21,11 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_HVP = 200
 DEFAULT_TRACE_SAMPLES = 20
 
+# loss-surface slices (Li et al. 2018 plot α, β ∈ [−1, 1])
+DEFAULT_SPAN = 1.0
+DEFAULT_SURFACE_POINTS = 21  # per axis (2-D: 21 × 21 loss evaluations)
+DEFAULT_LINE_POINTS = 21  # t ∈ [0, 1] in steps of 0.05
+
 # documented upper bounds (calibscope.bounds says why)
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 MAX_BINS = 10_000  # equal-width bins of ECE and of histograms

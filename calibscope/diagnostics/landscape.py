@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from calibscope.diagnostics.defaults import DEFAULT_LINE_POINTS, DEFAULT_SPAN, DEFAULT_SURFACE_POINTS
 from calibscope.diagnostics.sharpness import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXAMPLES,
@@ -51,9 +52,6 @@ __all__ = [
     "loss_surface",
 ]
 
-DEFAULT_SPAN = 1.0  # α, β ∈ [−1, 1], Li et al.'s plots
-DEFAULT_SURFACE_POINTS = 21  # per axis (2-D: 21 × 21 loss evaluations)
-DEFAULT_LINE_POINTS = 21  # t ∈ [0, 1] in steps of 0.05
 
 
 @dataclass(frozen=True)
@@ -87,6 +85,17 @@ class LossLine:
     n_params: int
     seed: int
 
+    @property
+    def barrier(self) -> float:
+        """The loss barrier :math:`\\max_t [L(t) - ((1 - t) L(t_0) + t L(t_1))]` over the grid, relative to the
+        chord between the first and last point (Frankle, Dziugaite, Roy & Carbin 2020, "linear mode
+        connectivity"); ≤ 0 when no point of the line rises above the chord."""
+        t0, t1 = self.ts[0], self.ts[-1]
+        if t1 == t0:
+            return 0.0
+        l0, l1 = self.loss[0], self.loss[-1]
+        return max(v - (l0 + (t - t0) / (t1 - t0) * (l1 - l0)) for t, v in zip(self.ts, self.loss, strict=True))
+
 
 def filter_normalised_direction(params: Sequence[torch.Tensor], *, generator: torch.Generator) -> list[torch.Tensor]:
     """A Gaussian direction, each filter rescaled to its weights' norm; 1-D parameters get 0 (Li et al. 2018).
@@ -108,9 +117,11 @@ def filter_normalised_direction(params: Sequence[torch.Tensor], *, generator: to
 
 
 def _grid(span: float, points: int) -> tuple[float, ...]:
+    """``points`` equally spaced values from −span to span, exactly symmetric, with an exact 0 when ``points``
+    is odd (linspace gives −5.6e-17 in the middle of 11 points)."""
     if points == 1:
         return (0.0,)
-    return tuple(float(v) for v in torch.linspace(-span, span, points, dtype=torch.float64))
+    return tuple(span * (2 * i - (points - 1)) / (points - 1) for i in range(points))
 
 
 def _validate(points: int, span: float, examples: int, seed: int) -> None:

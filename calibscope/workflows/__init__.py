@@ -14,6 +14,7 @@ module                        settings                              run
 ``workflows.projection``      :class:`ProjectionSettings`           :func:`run_projection` → ProjectionRun
 ``workflows.mi``              :class:`MiSettings`                   :func:`run_mi` → MiRun
 ``workflows.hessian``         :class:`HessianSettings`              :func:`run_hessian` → [HessianResult]
+``workflows.landscape``       :class:`LandscapeSettings`            :func:`run_landscape` → LandscapeResult
 ``workflows.gate``            :class:`Check`, :class:`Gate`,        :func:`ece_gate`, :func:`lambda1_checks`
                               :class:`Baseline`
 ============================  ====================================  =====================================
@@ -39,6 +40,8 @@ _LAZY = {
     "run_mi": "calibscope.workflows.mi",
     "HessianSettings": "calibscope.workflows.hessian",
     "run_hessian": "calibscope.workflows.hessian",
+    "LandscapeSettings": "calibscope.workflows.landscape",
+    "run_landscape": "calibscope.workflows.landscape",
     "ConformalSettings": "calibscope.workflows.conformal",
     "run_conformal": "calibscope.workflows.conformal",
     "ReportSettings": "calibscope.workflows.report",

@@ -13,7 +13,7 @@ from tests.cli.test_action import S
 from tests.integrations.conftest import event_scalars, need
 
 LOGITS = str(S / "digits_hard_test_logits.npz")
-COMMANDS = ("selective", "ood", "hessian", "project", "mi", "conformal", "calibrate", "distill", "report", "compare")
+COMMANDS = ("selective", "ood", "hessian", "landscape", "project", "mi", "conformal", "calibrate", "distill", "report", "compare")
 
 
 @pytest.mark.parametrize("argv, tag, pick", [
@@ -21,6 +21,8 @@ COMMANDS = ("selective", "ood", "hessian", "project", "mi", "conformal", "calibr
     (["ood", LOGITS, "--ood-data", LOGITS], "msp/metrics/auroc",
      lambda d: next(r for r in d["results"] if r["score"] == "msp")["metrics"]["auroc"]),
     (["conformal", LOGITS, "--val", LOGITS], "result/coverage", lambda d: d["result"]["coverage"]),
+    (["landscape", str(S / "digits_hard.pt2"), "--data", str(S / "digits_train.npz"), "--steps", "3"],
+     "surface/center_loss", lambda d: d["surface"]["center_loss"]),
 ])
 def test_log_tensorboard_scalars_equal_the_json(tmp_path, argv, tag, pick):
     need("tensorboard")

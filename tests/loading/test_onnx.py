@@ -103,7 +103,7 @@ def test_onnx_output_based_commands(exported, command):
     assert json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("command", [["hessian"], ["project"], ["ood", "--ood-data", "{root}/ood.npz",
+@pytest.mark.parametrize("command", [["hessian"], ["landscape"], ["project"], ["ood", "--ood-data", "{root}/ood.npz",
                                                                  "--train", "{root}/test.npz"]])
 def test_onnx_refuses_what_needs_a_torch_graph_in_one_line(exported, command):
     root, *_ = exported
