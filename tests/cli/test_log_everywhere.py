@@ -13,7 +13,8 @@ from tests.cli.test_action import S
 from tests.integrations.conftest import event_scalars, need
 
 LOGITS = str(S / "digits_hard_test_logits.npz")
-COMMANDS = ("selective", "ood", "hessian", "landscape", "project", "mi", "conformal", "calibrate", "distill", "report", "compare")
+COMMANDS = ("selective", "ood", "hessian", "landscape", "project", "mi", "conformal", "calibrate", "distill", "report",
+            "compare")
 
 
 @pytest.mark.parametrize("argv, tag, pick", [
