@@ -383,7 +383,8 @@ def _tf32_off() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _requires_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
+def parameters_requiring_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """``requires_grad`` on for ``params`` inside the block, each flag as it was afterwards (also on error)."""
     before = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
@@ -583,7 +584,7 @@ class HessianOperator:
         for candidate in candidates:
             fn = self._hvp_function(candidate)
             try:
-                with _requires_grad(self.params):
+                with parameters_requiring_grad(self.params):
                     hv = fn(x, y, vs)
             except InputError:
                 raise
@@ -602,7 +603,7 @@ class HessianOperator:
                          f"({_describe(self.names)}); choose others with --params. {' | '.join(failures)}")
 
     def _check_used(self, x, y) -> None:
-        with _requires_grad(self.params), torch.enable_grad():
+        with parameters_requiring_grad(self.params), torch.enable_grad():
             loss = self._loss_sum(x, y)
             if not loss.requires_grad:
                 raise InputError(f"the loss does not depend on the chosen parameters ({_describe(self.names)}): "
@@ -656,7 +657,7 @@ class HessianOperator:
         """
         vs = self._split(v.to(self.device, self.dtype))
         fn = self._hvp_function(self.method)
-        with _requires_grad(self.params):
+        with parameters_requiring_grad(self.params):
             out = None
             try:
                 pairs = self._cached_gradient()
@@ -696,7 +697,7 @@ class HessianOperator:
                 loss = self._loss_sum(x, y)
                 return self._flat(torch.autograd.grad(loss, self.params, allow_unused=True))
 
-        with _requires_grad(self.params):
+        with parameters_requiring_grad(self.params):
             return self._accumulate(per_batch)
 
 

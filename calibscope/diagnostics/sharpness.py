@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibscope.conventions import as_logits, input_normaliser
+from calibscope.diagnostics.hessian import parameters_requiring_grad
 from calibscope.errors import InputError
 
 __all__ = [
@@ -170,7 +171,7 @@ class LossOnData:
     def gradient(self) -> list[torch.Tensor]:
         """∇L at the current parameters, one tensor per parameter (zeros for unused ones)."""
         grads = [torch.zeros_like(p) for p in self.params]
-        with _requires_grad(self.params), torch.enable_grad():
+        with parameters_requiring_grad(self.params), torch.enable_grad():
             for x, y in self._batches():
                 logits = as_logits(self.model(x), int(y.shape[0])).to(self.dtype)
                 part = F.cross_entropy(logits, y, reduction="sum") / self.n
@@ -193,18 +194,6 @@ class LossOnData:
             with torch.no_grad():
                 for p, s in zip(self.params, saved, strict=True):
                     p.copy_(s)
-
-
-@contextlib.contextmanager
-def _requires_grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
-    before = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, before, strict=True):
-            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager
