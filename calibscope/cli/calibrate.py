@@ -13,9 +13,11 @@ from calibscope.cli._common import (
     ArchOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EnsembleOpt,
     JsonOpt,
     LabelColumnOpt,
     LogOpt,
+    McDropoutOpt,
     MeanOpt,
     NoCacheOpt,
     OutputOpt,
@@ -37,8 +39,9 @@ from calibscope.workflows.calibrate import (
 
 
 def calibrate(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or "
-                                      "logits file of the validation data.", show_default=False),
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file of the validation data; "
+                  "several with --ensemble.", show_default=False),
     val: Path | None = typer.Option(None, "--val", help="Validation data the calibrator is fitted on (not "
                                     "needed for a logits file that carries its labels).", show_default=False),
     test: Path | None = typer.Option(None, "--test", help="Held-out data the methods are scored on (a logits "
@@ -57,7 +60,10 @@ def calibrate(
                                   "examples for the intervals (0 = none, else ≥ 200)."),
     holdout: float = typer.Option(DEFAULT_HOLDOUT, "--holdout", help="Fraction of --val held out for scoring "
                                   "when no --test is given and several methods compete."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the hold-out split and the bootstrap."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the hold-out split, the bootstrap and the MC-dropout "
+                             "masks."),
+    ensemble: EnsembleOpt = False,
+    mc_dropout: McDropoutOpt = None,
     histogram_bins: int | None = typer.Option(None, "--histogram-bins", help="Bins of histogram binning "
                                               "[default: 15].", show_default=False),
     odir_lambda: float | None = typer.Option(None, "--odir-lambda", help="ODIR off-diagonal weight λ of matrix "
@@ -102,7 +108,7 @@ def calibrate(
         from calibscope.render import trackers
 
         log = trackers.check_trackers(log)
-        from calibscope.cli._common import display_names, session_from_options
+        from calibscope.cli._common import one_model, session_from_options
         from calibscope.render import calibrate_view
         from calibscope.render.atomic import check_destination, check_folder
         from calibscope.workflows.calibrate import (
@@ -122,9 +128,11 @@ def calibrate(
                                        arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
                                        device=device, precision=precision, batch_size=batch_size, mean=mean,
                                        std=std, no_cache=no_cache, defaults=None)
+        name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         if out_file is not None:
-            check_output(out_file, is_model(session, checkpoint))
-        result = run_calibrate(session, checkpoint, settings, test=test, name=display_names([checkpoint])[0])
+            check_output(out_file, is_model(session, model),
+                         what="a logits file" if isinstance(model, Path) else name)
+        result = run_calibrate(session, model, settings, test=test, name=name)
         written = []
         if out_file is not None:
             written.append(write_calibrated(session, result, out_file))

@@ -138,7 +138,12 @@ def report(checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchS
 @_with_shared_options
 def compare(checkpoints: list[Path] = typer.Argument(..., help="Two or more checkpoints (or logits files), one "
                                                      "column each, e.g. hard targets, label smoothing and SAM.",
-                                                     show_default=False), **options: Any) -> None:
+                                                     show_default=False),
+            ensemble: bool = typer.Option(False, "--ensemble", help="Add a column for the ensemble of the "
+                                          "checkpoints: their softmax probabilities averaged into one model, "
+                                          "ensemble(a,b,…). Sections that need one network (projection, MI, "
+                                          "Hessian) leave it out with a note."),
+            **options: Any) -> None:
     """The report's sections with several models side by side: tables with one column per model, figures on
     shared axes (e.g. Müller et al.'s hard targets vs label smoothing vs temperature scaling, SAM's SGD vs SAM).
 
@@ -149,9 +154,16 @@ def compare(checkpoints: list[Path] = typer.Argument(..., help="Two or more chec
       calibscope compare hard.pt2 smooth.pt2 sam.pt2 --data test.npz --val val.npz --train train.npz -o compare.html
 
       calibscope compare a.pt2 b.pt2 --data test.npz --sections calibration,temperature,hessian --train train.npz
+
+      calibscope compare a.pt2 b.pt2 c.pt2 --ensemble --data test.npz --ood-data ood.npz
     """
     with cli_errors():
-        _run("compare", list(checkpoints), options)
+        models: list[Any] = list(checkpoints)
+        if ensemble:
+            from calibscope.workflows.ensemble import Predictive
+
+            models.append(Predictive(tuple(checkpoints)))
+        _run("compare", models, options)
 
 
 def _prefixed(prefix: str, make):

@@ -103,9 +103,12 @@ def _split(n: int, holdout: float, seed: int):
 
 
 def is_model(session: Session, checkpoint: Path | str) -> bool:
-    """Whether ``checkpoint`` is a runnable model (not a logits file)."""
+    """Whether ``checkpoint`` is one runnable model (not a logits file, not an ensemble / MC-dropout)."""
     from calibscope.loading.types import ModelCheckpoint
+    from calibscope.workflows.ensemble import Predictive
 
+    if isinstance(checkpoint, Predictive):
+        return False
     return isinstance(session.checkpoint(checkpoint), ModelCheckpoint)
 
 
@@ -115,9 +118,10 @@ def run_calibrate(session: Session, checkpoint: Path | str, settings: CalibrateS
     on ``test`` (see the module docstring): for a model, a dataset; for a logits file, the logits file of the
     same model on the test data."""
     from calibscope.diagnostics.calibrator_comparison import applicable_methods, compare_calibrators
+    from calibscope.workflows.ensemble import Predictive, as_model_ref
 
     s = settings or CalibrateSettings()
-    path = Path(checkpoint)
+    path = as_model_ref(checkpoint)
     outputs, ckpt = session.outputs(path)
     if outputs.labels is None:
         raise ArgumentError("val", f"'{session.source(path)}' holds no labels; calibrators are fitted on labels")
@@ -127,7 +131,7 @@ def run_calibrate(session: Session, checkpoint: Path | str, settings: CalibrateS
     z, y = outputs.logits, outputs.labels
     fit_rows = None
     if test is not None:
-        if is_model(session, path):
+        if isinstance(path, Predictive) or is_model(session, path):
             test_outputs, _ = session.for_data(test).outputs(path)
         else:
             test_outputs, test_ckpt = session.for_data(None).outputs(test)
@@ -193,14 +197,15 @@ def run_calibrate(session: Session, checkpoint: Path | str, settings: CalibrateS
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def check_output(out: Path, checkpoint_is_model: bool) -> None:
-    """Refuse an output name calibscope cannot write, before anything is computed."""
+def check_output(out: Path, checkpoint_is_model: bool, *, what: str = "a logits file") -> None:
+    """Refuse an output name calibscope cannot write, before anything is computed (``what`` the checkpoint is
+    when it is not one model: a logits file, an ensemble)."""
     suffix = out.suffix.lower()
     if suffix in JSON_SUFFIXES:
         return
     if suffix in PT2_SUFFIXES:
         if not checkpoint_is_model:
-            raise ArgumentError("out", f"'{out}': a logits file has no model to append the calibrator to; write "
+            raise ArgumentError("out", f"'{out}': {what} has no model to append the calibrator to; write "
                                 "a calibrator file (-o calibrator.json) and use it with `calibscope ece LOGITS "
                                 "--calibrator calibrator.json`")
         return

@@ -128,10 +128,8 @@ def predictive_outputs(session: Session, spec: Predictive, *,
 
     if distributed.current() is not None:
         raise InputError("--ensemble and --mc-dropout run in one process, not under torchrun")
-    if session.capture_features:
-        raise InputError(f"{spec.name} has no single feature space (each member has its own penultimate "
-                         "features): feature-based scores (mahalanobis, knn, vim, react, ash, gradnorm) need one "
-                         "network; use the logit scores or the epistemic scores (mutual-information, disagreement)")
+    if session.capture_features:  # the members' features live in different spaces: none are combined
+        session = session.with_options(capture_features=False)
     draws: list[Outputs] = []
     checkpoints = []
     for path in spec.members:
@@ -220,18 +218,21 @@ def require_model_members(checkpoint: Any, why: str) -> None:
                              "its members must be models")
 
 
-# Scores that read the logits' scale, which the predictive "logits" (log-probabilities) do not have.
-SCALE_SCORES = ("energy",)
+# The scores defined on a predictive distribution: its "logits" are log-probabilities (max-logit = log msp).
+PREDICTIVE_SCORES = ("msp", "max-logit", "mutual-information", "disagreement")
 
 
 def check_predictive_scores(names: tuple[str, ...], model: Any) -> None:
-    """Refuse scores that are constant on a predictive distribution: its logits are log p̄, so
-    ``logsumexp(z) = 0`` for every input and the energy score ranks by rounding noise (max-logit is log msp:
-    the same ranking as msp, allowed)."""
+    """Refuse, for an ensemble / MC-dropout, the scores it does not define: energy (its logits are log p̄, so
+    ``logsumexp(z) = 0`` for every input and the score would rank rounding noise) and every score that reads
+    one network's penultimate features or the network itself (mahalanobis and the post-hoc detectors)."""
     if not isinstance(model, Predictive):
         return
-    bad = [n for n in names if n in SCALE_SCORES]
+    bad = [n for n in names if n not in PREDICTIVE_SCORES]
+    if "energy" in bad:
+        raise ArgumentError("score", f"the energy score is undefined for {model.name}: its logits are the log of the "
+                            "mean probability, whose logsumexp is 0 for every input; use msp or the epistemic "
+                            "scores (mutual-information, disagreement)")
     if bad:
-        raise ArgumentError("score", f"the {', '.join(bad)} score is undefined for {model.name}: its logits are the "
-                            "log of the mean probability, whose logsumexp is 0 for every input; use msp or the "
-                            "epistemic scores (mutual-information, disagreement)")
+        raise ArgumentError("score", f"the {', '.join(bad)} score needs one network's features or the network "
+                            f"itself, and {model.name} averages several; use {', '.join(PREDICTIVE_SCORES)}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.inference.outputs import Outputs
     from calibscope.loading.types import Checkpoint
     from calibscope.render.report_model import Report, Section
+    from calibscope.workflows.ensemble import Predictive
 
 SECTION_KEYS = ("calibration", "temperature", "selective", "ood", "projection", "mi", "hessian")
 SECTION_ALIASES = {"ece": "calibration", "projections": "projection", "project": "projection",
@@ -103,6 +104,13 @@ class Model:
 
         return isinstance(self.checkpoint, LogitsCheckpoint)
 
+    @property
+    def is_predictive(self) -> bool:
+        """An ensemble / MC-dropout (:class:`~calibscope.workflows.ensemble.Predictive`): no single network."""
+        from calibscope.workflows.ensemble import Predictive
+
+        return isinstance(self.path, Predictive)
+
 
 class ReportContext:
     """The settings, the data sets (as sessions) and every model with its test outputs."""
@@ -129,16 +137,22 @@ class ReportContext:
         other.dataset  # noqa: B018
         return other
 
-    def load_models(self, checkpoints: Sequence[Path | str]) -> None:
-        for name, path in zip(display_names(checkpoints), checkpoints, strict=True):
+    def load_models(self, checkpoints: Sequence[Path | str | Predictive]) -> None:
+        from calibscope.workflows.ensemble import Predictive, as_model_ref
+
+        files = [c for c in checkpoints if not isinstance(c, Predictive)]
+        file_names = iter(display_names(files))
+        for path in checkpoints:
+            name = path.name if isinstance(path, Predictive) else next(file_names)
             outputs, checkpoint = self.test.outputs(path)
             if outputs.labels is None:
                 raise InputError(f"the test data of '{path}' has no labels; the report measures calibration "
                                  "against them")
-            self.models.append(Model(name, Path(path), checkpoint, outputs))
+            self.models.append(Model(name, as_model_ref(path), checkpoint, outputs))
 
     def runnable(self) -> list[Model]:
-        return [m for m in self.models if not m.is_logits]
+        """The models that are one network (not logits files, not ensembles / MC-dropout)."""
+        return [m for m in self.models if not m.is_logits and not m.is_predictive]
 
     def class_choice(self):
         """The projection's three classes, as ``calibscope project`` chooses them (on the validation data when
@@ -166,6 +180,9 @@ def _per_model(models: list[Model], fn: Callable[[Model], Any], *, needs_model: 
     for m in models:
         if needs_model and m.is_logits:
             notes.append(f"{m.name} is a logits file: {why or 'this section runs the model itself'}")
+            continue
+        if needs_model and m.is_predictive:
+            notes.append(f"{m.name} averages several networks: {why or 'this section runs one network itself'}")
             continue
         try:
             results.append(fn(m))
@@ -243,7 +260,8 @@ def _ood(ctx: ReportContext) -> Section:
     from calibscope.workflows.ood import run_ood
 
     def one(m: Model):
-        train = ctx.train_path if not m.is_logits else None  # mahalanobis needs the model's features
+        # mahalanobis needs one network's features
+        train = ctx.train_path if not m.is_logits and not m.is_predictive else None
         return run_ood(ctx.test, m.path, ctx.settings.ood, ood_data=ctx.ood_path, train=train, name=m.name)
 
     results, notes = _per_model(ctx.models, one)
@@ -255,7 +273,8 @@ def _needs_train(key: str, what: str) -> Section:
 
 
 def _logits_notes(ctx: ReportContext, why: str) -> list[str]:
-    return [f"{m.name} is a logits file: {why}" for m in ctx.models if m.is_logits]
+    return [f"{m.name} is a logits file: {why}" for m in ctx.models if m.is_logits] + [
+        f"{m.name} averages several networks: {why}" for m in ctx.models if m.is_predictive]
 
 
 def _projection(ctx: ReportContext) -> Section:

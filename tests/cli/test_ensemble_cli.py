@@ -113,6 +113,9 @@ def test_bad_input_exits_2(samples, tmp_path):
                                                      "--score", "msp,energy"))
     assert "logsumexp is 0" in one_line_error(invoke("selective", "--ensemble", *pair, "--data", data, "--score",
                                                      "energy"))
+    assert "one network's features" in one_line_error(invoke("ood", "--ensemble", *pair, "--data", data, "--ood-data",
+                                                             data, "--score", "mahalanobis", "--train",
+                                                             samples / "digits_train.npz"))
     assert "--ensemble" in one_line_error(invoke("ood", samples / "digits_hard.pt2", samples / "digits_ls.pt2",
                                                  "--data", data, "--ood-data", data))
     assert "torch.export" in one_line_error(invoke("ece", "--mc-dropout", "2", samples / "digits_hard.pt2",
@@ -124,3 +127,55 @@ def test_bad_input_exits_2(samples, tmp_path):
     np.savez(tmp_path / "five.npz", logits=np.zeros((1347, 5), np.float32), labels=np.zeros(1347, np.int64))
     assert "disagree" in one_line_error(invoke("ece", "--ensemble", samples / "digits_hard_test_logits.npz",
                                                tmp_path / "five.npz"))
+
+
+def test_compare_ensemble_adds_a_column(samples):
+    from calibscope.cli import report as report_cli
+
+    local = typer.Typer(pretty_exceptions_enable=False)
+    local.command(name="compare")(report_cli.compare)
+    paths = [samples / "digits_hard.safetensors", samples / "digits_sam.safetensors"]
+    result = runner.invoke(local, ["--ensemble", *map(str, paths), "--data", str(samples / "digits_test.npz"),
+                                   "--train", str(samples / "digits_train.npz"), "--sections",
+                                   "calibration,projection", "--bootstrap", "0", "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    name = "ensemble(digits_hard.safetensors,digits_sam.safetensors)"
+    assert [m["name"] for m in doc["models"]] == ["digits_hard.safetensors", "digits_sam.safetensors", name]
+    sections = {s["key"]: s for s in doc["sections"]}
+    entry = [r for r in sections["calibration"]["document"]["results"] if r["name"] == name][0]
+    s = Session(samples / "digits_test.npz")
+    mean = _np_softmax(np.stack([s.outputs(p)[0].logits.numpy() for p in paths])).mean(0)
+    y = np.load(samples / "digits_test.npz")["labels"]
+    assert entry["nll"] == pytest.approx(-np.log(mean[np.arange(len(y)), y]).mean(), rel=1e-12)
+    assert sections["projection"]["notes"] == [f"{name} averages several networks: the projection reads its "
+                                               "penultimate layer"]
+
+
+def test_calibrate_ensemble_writes_a_calibrator_not_a_model(samples, tmp_path):
+    from calibscope.cli import calibrate as calibrate_cli
+
+    local = typer.Typer(pretty_exceptions_enable=False)
+    local.command(name="calibrate")(calibrate_cli.calibrate)
+    pair = [str(samples / "digits_hard.safetensors"), str(samples / "digits_sam.safetensors")]
+    val = str(samples / "digits_val.npz")
+    bad = runner.invoke(local, ["--ensemble", *pair, "--val", val, "-o", str(tmp_path / "cal.pt2")])
+    assert "has no model to append the calibrator to" in one_line_error(bad)
+    assert not (tmp_path / "cal.pt2").exists()
+    ok = runner.invoke(local, ["--ensemble", *pair, "--val", val, "--methods", "temperature", "-o",
+                               str(tmp_path / "cal.json"), "--json"])
+    assert ok.exit_code == 0, ok.stderr
+    from scipy.optimize import minimize_scalar
+
+    val_data = np.load(samples / "digits_val.npz")
+    s = Session(samples / "digits_val.npz")
+    log_mean = np.log(_np_softmax(np.stack([s.outputs(p)[0].logits.numpy() for p in pair])).mean(0))
+    y = val_data["labels"]
+
+    def nll(t):
+        z = log_mean / t
+        z = z - z.max(1, keepdims=True)
+        return -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
+    expected = minimize_scalar(nll, bounds=(0.05, 20), method="bounded", options={"xatol": 1e-10}).x
+    saved = json.loads((tmp_path / "cal.json").read_text())
+    assert saved["parameters"]["temperature"] == pytest.approx(expected, rel=1e-6)
