@@ -305,6 +305,8 @@ def _bins_table(r: EceResult):
 def _provenance(r: EceResult) -> str:
     meta = r.inference
     parts = [f"{r.format}", f"{r.report.n} examples"]
+    if isinstance(meta.get("predictive"), dict):
+        parts.append(f"mean softmax of {meta['predictive'].get('samples')} predictive distributions")
     if meta.get("from_probabilities"):
         parts.append("probabilities → log")
     if meta.get("device", "").startswith("none"):

@@ -160,6 +160,8 @@ def predictive_outputs(session: Session, spec: Predictive, *,
     meta.update({"checkpoint_format": "+".join(formats), "predictive": spec.describe(),
                  "seconds": sum(float(d.meta.get("seconds") or 0.0) for d in draws),
                  "member_cache": [d.meta.get("cache") for d in draws]})
+    caches = set(meta["member_cache"])
+    meta["cache"] = caches.pop() if len(caches) == 1 else "partial"  # "hit" only when every member was cached
     if spec.mc_dropout:
         meta["dropout_layers"] = first.meta.get("mc_dropout", {}).get("dropout_layers")
     import hashlib

@@ -193,3 +193,32 @@ def test_shipped_dropout_sample(samples):
     mc, ckpt = s.outputs(Predictive((path,), mc_dropout=2))
     assert mc.meta["dropout_layers"] == ["dropout"] and not torch.equal(mc.member_logits[0], mc.member_logits[1])
     assert not module.dropout.training  # back in eval mode after the passes
+
+
+def test_conformal_on_an_ensemble_is_lac_on_the_mean_softmax(samples):
+    from calibscope.workflows.conformal import ConformalSettings, run_conformal
+
+    paths = (samples / "digits_hard.pt2", samples / "digits_sam.pt2")
+    test = Session(samples / "digits_test.npz")
+    result = run_conformal(test, Predictive(paths), ConformalSettings(alpha=0.1, method="lac"),
+                           val=samples / "digits_val.npz")
+    val = Session(samples / "digits_val.npz")
+    p_val = _np_softmax(np.stack([val.outputs(p)[0].logits.numpy() for p in paths])).mean(0)
+    p_test = _np_softmax(np.stack([test.outputs(p)[0].logits.numpy() for p in paths])).mean(0)
+    y_val, y_test = val.dataset.labels.numpy(), test.dataset.labels.numpy()
+    scores = np.sort(1 - p_val[np.arange(len(y_val)), y_val])
+    n = len(scores)
+    q_hat = scores[int(np.ceil((n + 1) * 0.9)) - 1]  # the ⌈(n+1)(1−α)⌉-th smallest score
+    assert result.report.calibration.q_hat == pytest.approx(q_hat, abs=1e-12)
+    sets = 1 - p_test <= q_hat + 1e-12
+    sets[np.arange(len(sets)), p_test.argmax(1)] = True  # no empty sets: the top class joins them
+    assert result.report.coverage == pytest.approx(sets[np.arange(len(y_test)), y_test].mean(), abs=1e-15)
+    assert result.report.mean_size == pytest.approx(sets.sum(1).mean(), abs=1e-15)
+
+
+def test_a_second_data_set_needs_model_members(samples):
+    from calibscope.workflows.temperature import run_temperature
+
+    ens = Predictive((samples / "digits_hard_test_logits.npz", samples / "digits_hard.pt2"))
+    with pytest.raises(InputError, match="must be models"):
+        run_temperature(Session(samples / "digits_test.npz"), ens, apply=samples / "digits_val.npz")
