@@ -140,6 +140,62 @@ LogOpt = Annotated[list[str] | None, typer.Option(
                   "Repeatable.", show_default=False)]
 
 
+# Option groups: the same options on every command that takes them, declared once. A group is a function whose
+# signature lists the options (its body is never run); ``with_options`` appends groups to a command.
+def checkpoint_options(arch: ArchOpt = None, arch_kwargs: ArchKwargsOpt = None, trust: TrustOpt = False,
+                       prefix: PrefixOpt = None, output: OutputOpt = None) -> None:
+    """How a checkpoint is turned into a model."""
+
+
+def labels_option(labels: LabelsOpt = None) -> None:
+    """Labels for a logits file that holds none (commands that read logits files)."""
+
+
+def inference_options(device: DeviceOpt = None, precision: PrecisionOpt = None,
+                      batch_size: BatchSizeOpt = None) -> None:
+    """Where and how the model runs (batched inference)."""
+
+
+def cache_option(no_cache: NoCacheOpt = False) -> None:
+    """The output cache (commands whose model outputs are cached)."""
+
+
+def data_options(limit: Annotated[int | None, typer.Option(
+                     "--limit", help="Use only the first N examples of each dataset the command reads.",
+                     show_default=False)] = None,
+                 mean: MeanOpt = None, std: StdOpt = None, split: SplitOpt = None,
+                 label_column: LabelColumnOpt = None) -> None:
+    """How the datasets are read and normalised."""
+
+
+MODEL_OPTIONS = (checkpoint_options, labels_option, inference_options, data_options, cache_option)
+
+
+def with_options(*groups: Any) -> Any:
+    """Decorator: give ``command(..., **options)`` the parameters of ``groups`` after its own, so Typer shows and
+    parses them and the command receives them in ``options`` (e.g. passed on to :func:`session_from_options`).
+
+    Example::
+
+        @with_options(*MODEL_OPTIONS)
+        def ece(checkpoints: list[Path] = typer.Argument(...), **options: Any) -> None: ...
+    """
+    import inspect
+
+    def decorate(command: Any) -> Any:
+        own = [q for q in inspect.signature(command, eval_str=True).parameters.values()
+               if q.kind is not q.VAR_KEYWORD]
+        added = [q for g in groups for q in inspect.signature(g, eval_str=True).parameters.values()]
+        clash = {q.name for q in own} & {q.name for q in added}
+        if clash:
+            raise TypeError(f"{command.__name__} declares {sorted(clash)} itself and through an option group")
+        command.__signature__ = inspect.Signature(own + added)
+        command.__annotations__ = {q.name: q.annotation for q in own + added}
+        return command
+
+    return decorate
+
+
 def output_format(format_: str | None, json_: bool) -> str:
     """The one output format of --format and --json (refuses a contradiction)."""
     if format_ is not None and format_ not in FORMATS:

@@ -4,29 +4,22 @@ calibrator file (``.json``); ``--methods all`` compares every method on held-out
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     EnsembleOpt,
     JsonOpt,
-    LabelColumnOpt,
     LogOpt,
     McDropoutOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    inference_options,
+    with_options,
 )
 from calibscope.workflows.calibrate import (
     ALL_METHODS,
@@ -38,6 +31,7 @@ from calibscope.workflows.calibrate import (
 )
 
 
+@with_options(checkpoint_options, inference_options, data_options, cache_option)
 def calibrate(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file of the validation data; "
@@ -74,19 +68,7 @@ def calibrate(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", help=HELP["out"] + " Figure: calibrators.png/.svg; numbers: "
                                     "calibrate.json.", show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Post-hoc calibration you can deploy: fit on --val, score on --test, write the calibrated model.
 
@@ -124,10 +106,7 @@ def calibrate(
                                      odir_mu=odir_mu)
         check_destination(out_file, "--output-file")
         check_folder(out, "--out")
-        session = session_from_options(data=val, split=split, label_column=label_column, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
-                                       device=device, precision=precision, batch_size=batch_size, mean=mean,
-                                       std=std, no_cache=no_cache, defaults=None)
+        session = session_from_options(data=val, defaults=None, **options)
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         if out_file is not None:
             check_output(out_file, is_model(session, model),

@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     EnsembleOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LabelsOpt,
     LogOpt,
     McDropoutOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    inference_options,
+    labels_option,
+    with_options,
 )
 from calibscope.workflows.conformal import DEFAULT_ALPHA, DEFAULT_METHOD
 
 
+@with_options(checkpoint_options, labels_option, inference_options, data_options, cache_option)
 def conformal(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "
@@ -61,22 +55,7 @@ def conformal(
                                     "conformal_coverage.png/.svg; numbers: conformal.json.", show_default=False),
     ensemble: EnsembleOpt = False,
     mc_dropout: McDropoutOpt = None,
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of each dataset.",
-                                     show_default=False),
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Conformal prediction sets: a set of classes per input that holds the true one with probability ≥ 1 − α.
 
@@ -106,10 +85,7 @@ def conformal(
         settings = ConformalSettings(alpha=alpha, method=method.lower(), randomized=not no_randomize,
                                      allow_empty=allow_empty, k_reg=k_reg, lam=lam, seed=seed,
                                      min_coverage=min_coverage)
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
-                                       labels=labels, device=device, precision=precision, batch_size=batch_size,
-                                       mean=mean, std=std, no_cache=no_cache, defaults=project_defaults())
+        session = session_from_options(data=data, defaults=project_defaults(), **options)
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         result = run_conformal(session, model, settings, val=val, name=name)
         doc = conformal_view.document(result)

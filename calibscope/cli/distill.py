@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LimitOpt,
     LogOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    inference_options,
+    with_options,
 )
 from calibscope.workflows.distill import DEFAULT_PAIRS, DEFAULT_TEMPERATURE, DEFAULT_TEMPERATURES
 
 
+@with_options(checkpoint_options, inference_options, data_options, cache_option)
 def distill(
     checkpoints: list[Path] = typer.Argument(..., help="TEACHER [STUDENT ...]: the first --teachers checkpoints "
                                              "are teachers, the rest students.", show_default=False),
@@ -44,20 +37,7 @@ def distill(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Heat maps soft_targets_NAME, "
                                     "non_target_entropy; numbers: distill.json.", show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Soft targets (Hinton et al. 2015) and knowledge distillation (Stanton et al. 2021).
 
@@ -85,10 +65,7 @@ def distill(
         settings = DistillSettings(temperatures=parse_floats(temperatures, "temperatures"), temperature=temperature,
                                    pairs=pairs, teachers=teachers)
         check_folder(out, "--out")
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
-                                       device=device, precision=precision, batch_size=batch_size, mean=mean,
-                                       std=std, no_cache=no_cache, defaults=project_defaults())
+        session = session_from_options(data=data, defaults=project_defaults(), **options)
         result = run_distill(session, checkpoints, settings, names=display_names(checkpoints))
         doc = distill_view.document(result)
         trackers.log_run(log, name="distill", document=doc)

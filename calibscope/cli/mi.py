@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LimitOpt,
     LogOpt,
-    MeanOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    inference_options,
+    with_options,
 )
 from calibscope.workflows.mi import DEFAULT_DRAWS, DEFAULT_EXAMPLES, DEFAULT_REPETITIONS
 
 
+@with_options(checkpoint_options, inference_options, data_options)
 def mi(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more model checkpoints (.pt2, TorchScript, state_dict, safetensors), e.g. "
@@ -61,19 +54,7 @@ def mi(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: mi.png/.svg; numbers: "
                                     "mi.json.", show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
+    **options: Any,
 ) -> None:
     """Mutual information between training example and logit gap, against checkpoint.
 
@@ -110,11 +91,7 @@ def mi(
 
         settings = MiSettings(classes=classes, examples=examples, draws=draws, repetitions=repetitions,
                               augment=augment, shift=shift, flip=not no_flip, seed=seed)
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, device=device, precision=precision,
-                                       batch_size=batch_size, mean=mean, std=std, no_cache=True,
-                                       defaults=project_defaults())
+        session = session_from_options(data=data, no_cache=True, defaults=project_defaults(), **options)
         x_labels = None
         if labels is not None:
             x_labels = [v.strip() for v in labels.split(",")]

@@ -4,37 +4,30 @@ report the calibration before and after, on that set and (``--apply``) on a held
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     EnsembleOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LabelsOpt,
-    LimitOpt,
     LogOpt,
     McDropoutOpt,
     McSeedOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    inference_options,
+    labels_option,
+    with_options,
 )
 from calibscope.diagnostics.defaults import DEFAULT_BINS
 from calibscope.workflows.temperature import DEFAULT_OBJECTIVE
 
 
+@with_options(checkpoint_options, labels_option, inference_options, data_options, cache_option)
 def temperature(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file to fit a "
@@ -59,21 +52,7 @@ def temperature(
     ensemble: EnsembleOpt = False,
     mc_dropout: McDropoutOpt = None,
     seed: McSeedOpt = 0,
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Fit the temperature T of softmax(z / T): the exact NLL optimum (safeguarded Newton on 1/T) and the
     ECE optimum (search), with a sweep of T from 0.05 to 20 and ECE/NLL/Brier before and after.
@@ -99,11 +78,7 @@ def temperature(
 
         defaults = project_defaults()
         settings = TemperatureSettings(objective=objective, n_bins=pick(bins, defaults, "bins", DEFAULT_BINS))
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
-                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
-                                       defaults=defaults)
+        session = session_from_options(data=data, defaults=defaults, **options)
         held_out = None if apply is None else session.for_data(apply, split=session.split,
                                                                label_column=session.label_column)
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
