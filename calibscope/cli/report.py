@@ -4,13 +4,12 @@ in one self-contained HTML file (or the same content as JSON). The sections are 
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from calibscope.cli._common import HELP, LogOpt, cli_errors
+from calibscope.cli._common import HELP, LogOpt, cli_errors, with_options
 from calibscope.diagnostics.defaults import DEFAULT_EXAMPLES, DEFAULT_TOP
 from calibscope.workflows.mi import DEFAULT_DRAWS as MI_DRAWS
 from calibscope.workflows.mi import DEFAULT_EXAMPLES as MI_EXAMPLES
@@ -103,16 +102,7 @@ def _shared_options(
     """The options report and compare share (only the signature is used)."""
 
 
-def _with_shared_options(command):
-    """Give ``command(checkpoint(s), **options)`` the parameters of :func:`_shared_options` (Typer reads them)."""
-    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    shared = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
-    command.__signature__ = inspect.Signature(own + shared)
-    command.__annotations__ = {**{p.name: p.annotation for p in own + shared}}
-    return command
-
-
-@_with_shared_options
+@with_options(_shared_options)
 def report(checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) "
                                              "or logits file.", show_default=False), **options: Any) -> None:
     """One self-contained HTML report of a model: summary with verdicts, then calibration (reliability diagram,
@@ -135,7 +125,7 @@ def report(checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchS
         _run("report", [checkpoint], options)
 
 
-@_with_shared_options
+@with_options(_shared_options)
 def compare(checkpoints: list[Path] = typer.Argument(..., help="Two or more checkpoints (or logits files), one "
                                                      "column each, e.g. hard targets, label smoothing and SAM.",
                                                      show_default=False),
