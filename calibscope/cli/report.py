@@ -103,8 +103,14 @@ def _shared_options(
 
 
 @with_options(_shared_options)
-def report(checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) "
-                                             "or logits file.", show_default=False), **options: Any) -> None:
+def report(checkpoints: list[Path] = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, "
+                                                    "safetensors) or logits file; several with --ensemble.",
+                                                    show_default=False),
+           ensemble: bool = typer.Option(False, "--ensemble", help="Report the ensemble of the checkpoints: their "
+                                         "softmax probabilities averaged into one model, ensemble(a,b,…). "
+                                         "Sections that need one network (projection, MI, Hessian) are skipped "
+                                         "with a note."),
+           **options: Any) -> None:
     """One self-contained HTML report of a model: summary with verdicts, then calibration (reliability diagram,
     ECE family with bootstrap intervals), temperature scaling, selective risk, OOD detection, plane
     projections, logit-gap MI and top Hessian eigenvalues, then the provenance.
@@ -122,7 +128,9 @@ def report(checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt2, TorchS
       calibscope report test_logits.npz --json > report.json
     """
     with cli_errors():
-        _run("report", [checkpoint], options)
+        from calibscope.cli._common import one_model
+
+        _run("report", [one_model(checkpoints, ensemble=ensemble)[1]], options)
 
 
 @with_options(_shared_options)

@@ -306,7 +306,7 @@ def _mi(ctx: ReportContext) -> Section:
         return _skipped("mi", "the training data has no labels; MI picks examples of two classes")
     models = ctx.runnable()
     if not models:
-        return _skipped("mi", "every checkpoint is a logits file: MI runs the model on augmented inputs")
+        return _skipped("mi", "; ".join(_logits_notes(ctx, "MI runs the model on augmented inputs")))
     s = ctx.settings.mi
     if s.classes is None:
         s = dataclasses.replace(s, classes=ctx.class_choice().indices[:2])

@@ -179,3 +179,27 @@ def test_calibrate_ensemble_writes_a_calibrator_not_a_model(samples, tmp_path):
     expected = minimize_scalar(nll, bounds=(0.05, 20), method="bounded", options={"xatol": 1e-10}).x
     saved = json.loads((tmp_path / "cal.json").read_text())
     assert saved["parameters"]["temperature"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_report_of_an_ensemble(samples):
+    from calibscope.cli import report as report_cli
+
+    local = typer.Typer(pretty_exceptions_enable=False)
+    local.command(name="report")(report_cli.report)
+    pair = [str(samples / "digits_hard.pt2"), str(samples / "digits_sam.pt2")]
+    data = ["--data", str(samples / "digits_test.npz"), "--train", str(samples / "digits_train.npz"), "--sections",
+            "calibration,mi", "--bootstrap", "0", "--json"]
+    assert "--ensemble" in one_line_error(runner.invoke(local, [*pair, *data]))
+    ok = runner.invoke(local, ["--ensemble", *pair, *data])
+    assert ok.exit_code == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    name = "ensemble(digits_hard.pt2,digits_sam.pt2)"
+    assert [m["name"] for m in doc["models"]] == [name]
+    sections = {s["key"]: s for s in doc["sections"]}
+    assert sections["mi"]["status"] == "skipped"
+    assert sections["mi"]["note"] == f"{name} averages several networks: MI runs the model on augmented inputs"
+    (entry,) = sections["calibration"]["document"]["results"]
+    s = Session(samples / "digits_test.npz")
+    mean = _np_softmax(np.stack([s.outputs(p)[0].logits.numpy() for p in pair])).mean(0)
+    y = np.load(samples / "digits_test.npz")["labels"]
+    assert entry["accuracy"] == pytest.approx((mean.argmax(1) == y).mean(), abs=1e-15)
