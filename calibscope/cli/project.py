@@ -40,6 +40,12 @@ def project(
     classes: str | None = typer.Option(None, "--classes", "-c", help="Three classes a,b,c by index or name "
                                        "(e.g. 3,5,8 or cat,dog,deer); default: the three with most mutual "
                                        "confusion.", show_default=False),
+    paper_layout: bool = typer.Option(False, "--paper-layout", help="Müller et al.'s Fig. 1 layout: a row of "
+                                      "the three least mutually confused classes and a row of the most confused "
+                                      "pair + the class least confused with both; one column per model × data "
+                                      "set. Instead of --classes."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", help="One scale for every panel (default: each "
+                                      "row its own, as feature scales differ between models)."),
     per_class: int = typer.Option(DEFAULT_PER_CLASS, "--per-class", help="Examples per class (the first ones of "
                                   "each class, in dataset order); 0 keeps all."),
     layer: str | None = typer.Option(None, "--layer", help="Module (or .pt2 parameter prefix) of the final "
@@ -78,6 +84,8 @@ def project(
 
       calibscope project model.pt2 --data train.npz --classes cat,dog,deer --per-class 200
 
+      calibscope project hard.pt2 smoothed.pt2 --data train.npz --val val.npz --paper-layout --shared-scale -o figs/
+
       calibscope project weights.safetensors --arch torchvision:resnet18 --data val/ --layer fc
     """
     with cli_errors():
@@ -91,7 +99,7 @@ def project(
         from calibscope.render import projection_view as view
         from calibscope.workflows.projection import ProjectionSettings, run_projection
 
-        settings = ProjectionSettings(classes=classes, per_class=per_class)
+        settings = ProjectionSettings(classes=classes, per_class=per_class, paper_layout=paper_layout)
         session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
                                        arch_kwargs=arch_kwargs, trust=trust,
                                        prefix=prefix, output=output, device=device, precision=precision,
@@ -99,10 +107,11 @@ def project(
                                        defaults=project_defaults(), layer=layer)
         run = run_projection(session, checkpoints, settings, val=val, names=display_names(checkpoints))
         results = list(run.results)
-        doc = view.document(results, run.choice, per_class=run.per_class)
+        doc = view.document(results, run.choice, per_class=run.per_class, rows=run.rows)
         trackers.log_run(log, name="project", document=doc)
-        written = view.write_outputs(out, results, run.choice, doc) if out is not None else None
+        written = view.write_outputs(out, results, run.choice, doc, shared_scale=shared_scale, rows=run.rows) \
+            if out is not None else None
         if json_:
             view.print_json(doc)
         else:
-            view.print_tables(results, run.choice, written=written)
+            view.print_tables(results, run.choice, written=written, rows=run.rows)

@@ -78,6 +78,7 @@ __all__ = [
     "PlaneProjection",
     "confusion_matrix",
     "most_confused_classes",
+    "paper_layout_classes",
     "plane_projection",
     "resolve_classes",
 ]
@@ -396,6 +397,17 @@ def most_confused_classes(logits: torch.Tensor, labels: torch.Tensor) -> tuple[i
 
     Several models (or data sets) can be pooled by concatenating their logits and labels.
     """
+    pair = _pair_confusion(logits, labels)
+    k = int(pair.shape[0])
+    if k > _EXHAUSTIVE_CLASSES:
+        candidates = torch.topk(pair.sum(dim=1), _EXHAUSTIVE_CLASSES).indices.sort().values
+    else:
+        candidates = torch.arange(k, device=logits.device)
+    return _best_triple(pair, candidates, largest=True)
+
+
+def _pair_confusion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:math:`M = C + C^\top` (diagonal 0) plus the soft tie-breaker :math:`(P + P^\top) / (n + 1)`."""
     counts = confusion_matrix(logits, labels).to(_F64)
     k = int(counts.shape[0])
     if k < 3:
@@ -406,21 +418,59 @@ def most_confused_classes(logits: torch.Tensor, labels: torch.Tensor) -> tuple[i
     # integer counts first; the soft sum (< n + 1 in total for a triple) only breaks ties
     pair = counts + counts.T + (soft + soft.T) / (n + 1.0)
     pair.fill_diagonal_(0.0)
-    if k > _EXHAUSTIVE_CLASSES:
-        candidates = torch.topk(pair.sum(dim=1), _EXHAUSTIVE_CLASSES).indices.sort().values
-    else:
-        candidates = torch.arange(k, device=logits.device)
+    return pair
+
+
+def _best_triple(pair: torch.Tensor, candidates: torch.Tensor, *, largest: bool) -> tuple[int, int, int]:
+    """The triple of ``candidates`` with the largest (or smallest) :math:`M_{ab} + M_{ac} + M_{bc}`, ascending;
+    ties to the smallest indices."""
     sub = pair[candidates][:, candidates]
     m = int(candidates.numel())
     score = sub[:, :, None] + sub[:, None, :] + sub[None, :, :]  # M_ab + M_ac + M_bc
-    r = torch.arange(m, device=logits.device)
+    r = torch.arange(m, device=pair.device)
     valid = (r[:, None, None] < r[None, :, None]) & (r[None, :, None] < r[None, None, :])
-    score = torch.where(valid, score, torch.full_like(score, -1.0))
-    best = int(torch.argmax(score.flatten()))  # first maximum: smallest indices on ties
+    if largest:
+        score = torch.where(valid, score, torch.full_like(score, -1.0))
+        best = int(torch.argmax(score.flatten()))  # first maximum: smallest indices on ties
+    else:
+        score = torch.where(valid, score, torch.full_like(score, float("inf")))
+        best = int(torch.argmin(score.flatten()))
     i, rest = divmod(best, m * m)
     j, ll = divmod(rest, m)
     picked = sorted(int(candidates[t]) for t in (i, j, ll))
     return picked[0], picked[1], picked[2]
+
+
+def paper_layout_classes(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tuple[int, int, int],
+                                                                             tuple[int, int, int]]:
+    r"""The two rows of Müller et al.'s Fig. 1 layout from one confusion matrix: three *dissimilar* classes and
+    a *similar* pair with a third class.
+
+    With :math:`M` as in :func:`most_confused_classes` (mutual confusion counts, soft-probability tie-break):
+
+    * dissimilar: the triple minimising :math:`M_{ab} + M_{ac} + M_{bc}`, ascending (ties: smallest indices;
+      above 64 classes, among the 64 with the least total confusion);
+    * similar: the pair (a, b), a < b, maximising :math:`M_{ab}`, then the class c minimising
+      :math:`M_{ac} + M_{bc}` — returned as (a, b, c), so the plane's first axis runs between the similar pair.
+
+    Müller et al. show three dissimilar classes (CIFAR-10, CIFAR-100, ImageNet rows) and, in the last row,
+    two semantically similar ImageNet classes (toy and miniature poodle) with a third, different one.
+    """
+    pair = _pair_confusion(logits, labels)
+    k = int(pair.shape[0])
+    if k > _EXHAUSTIVE_CLASSES:
+        candidates = torch.topk(pair.sum(dim=1), _EXHAUSTIVE_CLASSES, largest=False).indices.sort().values
+    else:
+        candidates = torch.arange(k, device=logits.device)
+    dissimilar = _best_triple(pair, candidates, largest=False)
+    upper = torch.triu(pair, diagonal=1)
+    upper = torch.where(torch.triu(torch.ones_like(pair, dtype=torch.bool), diagonal=1), upper,
+                        torch.full_like(upper, -1.0))
+    a, b = divmod(int(torch.argmax(upper.flatten())), k)  # first maximum: smallest indices on ties
+    third = pair[a] + pair[b]
+    third[[a, b]] = float("inf")
+    c = int(torch.argmin(third))
+    return dissimilar, (a, b, c)
 
 
 def resolve_classes(spec: str | Sequence[str | int], num_classes: int,

@@ -23,24 +23,40 @@ DEFAULT_PER_CLASS = 100
 class ProjectionSettings:
     """``classes``: three classes a,b,c by index or name (``"3,5,8"``, ``("cat", "dog", "deer")``), None for
     the three with most mutual confusion; ``per_class``: examples per class (the first ones of each class, in
-    dataset order), 0 for all."""
+    dataset order), 0 for all; ``paper_layout``: Müller et al.'s Fig. 1 rows — three dissimilar classes, then
+    a similar pair with a third (:func:`~calibscope.diagnostics.projection.paper_layout_classes`)."""
 
     classes: str | Sequence[str | int] | None = None
     per_class: int = DEFAULT_PER_CLASS
+    paper_layout: bool = False
 
     def __post_init__(self) -> None:
+        if self.paper_layout and self.classes is not None:
+            raise ArgumentError("paper_layout", "`paper_layout` picks its own classes (least confused triple, most "
+                                "confused pair + a third); give either it or `classes`")
         if isinstance(self.per_class, bool) or not isinstance(self.per_class, int) or self.per_class < 0:
             raise ArgumentError("per_class", "`per_class` must be a positive number of examples (or 0 for all), "
                                 f"got {self.per_class}")
 
 
 @dataclass(frozen=True)
+class ProjectionRow:
+    """One row of the paper layout: ``role`` ("dissimilar" or "similar"), its classes, one result per model."""
+
+    role: str
+    choice: ClassChoice
+    results: tuple[ProjectionResult, ...]
+
+
+@dataclass(frozen=True)
 class ProjectionRun:
-    """One :class:`~calibscope.render.projection_view.ProjectionResult` per model, on the same classes."""
+    """One :class:`~calibscope.render.projection_view.ProjectionResult` per model, on the same classes; with
+    ``paper_layout``, ``rows`` holds both rows (``results``/``choice`` are then the dissimilar row's)."""
 
     results: tuple[ProjectionResult, ...]
     choice: ClassChoice
     per_class: int | None  # None: all examples
+    rows: tuple[ProjectionRow, ...] | None = None
 
 
 def metadata_class_names(metadata: dict) -> tuple[str, ...] | None:
@@ -62,9 +78,19 @@ def choose_classes(sets: Sequence[Session], checkpoints: Sequence[Checkpoint],
                    classes: str | Sequence[str | int] | None) -> ClassChoice:
     """``classes`` resolved to indices, else the three most mutually confused on the last of ``sets``
     (validation when given, else training data), pooled over the models."""
+    return _choices(sets, checkpoints, classes, paper=False)[0]
+
+
+def choose_paper_layout(sets: Sequence[Session], checkpoints: Sequence[Checkpoint]) -> tuple[ClassChoice, ClassChoice]:
+    """(dissimilar, similar) class choices of the paper layout, on the last of ``sets``, pooled over the models."""
+    dissimilar, similar = _choices(sets, checkpoints, None, paper=True)
+    return dissimilar, similar
+
+
+def _choices(sets, checkpoints, classes, *, paper: bool) -> tuple[ClassChoice, ...]:
     import torch
 
-    from calibscope.diagnostics.projection import most_confused_classes, resolve_classes
+    from calibscope.diagnostics.projection import most_confused_classes, paper_layout_classes, resolve_classes
     from calibscope.results import ClassChoice
 
     pick = sets[-1]
@@ -78,12 +104,13 @@ def choose_classes(sets: Sequence[Session], checkpoints: Sequence[Checkpoint],
     if names is not None and len(names) != k:
         names = None
     if classes is not None:
-        indices, picked_on = resolve_classes(classes, k, names), None
+        triples, picked_on = [resolve_classes(classes, k, names)], None
     else:
-        indices = most_confused_classes(torch.cat([o.logits for o in per_model]),
-                                        torch.cat([o.labels for o in per_model]))
+        logits = torch.cat([o.logits for o in per_model])
+        labels = torch.cat([o.labels for o in per_model])
+        triples = list(paper_layout_classes(logits, labels)) if paper else [most_confused_classes(logits, labels)]
         picked_on = str(pick.data_path) + (f", pooled over {len(checkpoints)} models" if len(checkpoints) > 1 else "")
-    return ClassChoice(indices, tuple(names[i] if names else str(i) for i in indices), picked_on)
+    return tuple(ClassChoice(t, tuple(names[i] if names else str(i) for i in t), picked_on) for t in triples)
 
 
 def projection_sets(session: Session, val: Session | Path | str | None) -> list[tuple[str, Session]]:
@@ -112,9 +139,6 @@ def run_projection(session: Session, checkpoints: Sequence[Path | str], settings
     Templates w̃_k = (w_k, b_k) of the final layer, x̃ = (x, 1), E = orthonormal basis of
     span(w̃_b − w̃_a, w̃_c − w̃_a), coordinates u = Eᵀ(x̃ − p0) with p0 the mean template.
     """
-    from calibscope.diagnostics.projection import plane_projection
-    from calibscope.loading.files import display
-    from calibscope.results import ProjectedSplit, ProjectionResult
     from calibscope.workflows.session import display_names
 
     s = settings or ProjectionSettings()
@@ -123,8 +147,22 @@ def run_projection(session: Session, checkpoints: Sequence[Path | str], settings
     names = list(names) if names is not None else display_names(paths)
     models = [session.model(p, why="the projection needs the model itself (.pt2, safetensors or a state_dict "
                                    "with arch) to read its penultimate layer") for p in paths]
-    choice = choose_classes([x for _, x in sets], models, s.classes)
     per_class = s.per_class or None
+    if s.paper_layout:
+        dissimilar, similar = choose_paper_layout([x for _, x in sets], models)
+        rows = tuple(ProjectionRow(role, choice, _project_all(sets, names, paths, models, choice, per_class))
+                     for role, choice in (("dissimilar", dissimilar), ("similar", similar)))
+        return ProjectionRun(rows[0].results, dissimilar, per_class, rows)
+    choice = choose_classes([x for _, x in sets], models, s.classes)
+    return ProjectionRun(_project_all(sets, names, paths, models, choice, per_class), choice, per_class)
+
+
+def _project_all(sets, names, paths, models, choice: ClassChoice, per_class: int | None
+                 ) -> tuple[ProjectionResult, ...]:
+    from calibscope.diagnostics.projection import plane_projection
+    from calibscope.loading.files import display
+    from calibscope.results import ProjectedSplit, ProjectionResult
+
     results = []
     for name, path, checkpoint in zip(names, paths, models, strict=True):
         splits = []
@@ -141,4 +179,4 @@ def run_projection(session: Session, checkpoints: Sequence[Path | str], settings
             splits.append(ProjectedSplit(label, data.data_path, projection, outputs.meta))
         feature_layer = sets[0][1].run(checkpoint).meta.get("feature_layer")
         results.append(ProjectionResult(name, path, checkpoint.format, feature_layer, tuple(splits)))
-    return ProjectionRun(tuple(results), choice, per_class)
+    return tuple(results)
