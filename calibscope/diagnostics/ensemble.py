@@ -97,7 +97,7 @@ def mean_log_probs(sample_log_probs: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> lp = torch.log(torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]], dtype=torch.float64))
-        >>> mean_log_probs(lp).exp().tolist()
+        >>> mean_log_probs(lp).exp().round(decimals=12).tolist()
         [[0.7, 0.3]]
     """
     lp = _validate_samples(sample_log_probs).to(_F64)
