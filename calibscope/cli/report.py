@@ -26,11 +26,13 @@ _TRAIN = typer.Option(None, "--train", help="Training data (with labels): plane 
                       "Hessian of the training loss, and the Mahalanobis OOD score. Without it those sections are "
                       "skipped. Its 'train' split is used when it holds several.", show_default=False)
 _VAL = typer.Option(None, "--val", help="Validation data: the temperature is fitted on it (else on --data, which "
-                    "is optimistic) and it is the projection's second column.", show_default=False)
+                    "is optimistic), the conformal sets are calibrated on it (without it that section is "
+                    "skipped) and it is the projection's second column.", show_default=False)
 _OOD = typer.Option(None, "--ood-data", help="Out-of-distribution inputs (same input shape, labels ignored) or a "
                     "logits file of the model on them; without it the OOD section is skipped.", show_default=False)
 _SECTIONS = typer.Option(None, "--sections", "-s", help="Comma-separated sections to include, in page order: "
-                         "calibration, temperature, selective, ood, projection, mi, hessian \\[default: all]. The "
+                         "calibration, temperature, selective, conformal, ood, projection, mi, hessian \\[default: "
+                         "all]. The "
                          "summary and the provenance are always there.", show_default=False)
 _OUT = typer.Option(None, "--out", "-o", help="The HTML file to write \\[default: report.html / compare.html; with "
                     "--json and no -o, no HTML].", show_default=False)

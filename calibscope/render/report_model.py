@@ -18,6 +18,7 @@ SECTIONS: dict[str, str] = {
     "calibration": "Calibration",
     "temperature": "Temperature scaling",
     "selective": "Selective classification",
+    "conformal": "Conformal prediction sets",
     "ood": "Out-of-distribution detection",
     "projection": "Penultimate-layer projections",
     "mi": "Logit-gap mutual information",

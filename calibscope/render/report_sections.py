@@ -796,10 +796,17 @@ def _max_relative_residual(spectrum: Any) -> float:
     return max(rel) if rel else math.nan
 
 
+def _conformal_body(section: Section, report: Report, embed: FigureEmbedder) -> str:
+    from calibscope.render.conformal_section import conformal_body
+
+    return conformal_body(section, report, embed)
+
+
 _BODIES: dict[str, Callable[[Section, Report, FigureEmbedder], str]] = {
     "calibration": _calibration,
     "temperature": _temperature,
     "selective": _selective,
+    "conformal": _conformal_body,
     "ood": _ood,
     "projection": _projection,
     "mi": _mi,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from calibscope.errors import ArgumentError, InputError
 from calibscope.workflows.calibration import CalibrationSettings
+from calibscope.workflows.conformal import ConformalSettings
 from calibscope.workflows.hessian import HessianSettings
 from calibscope.workflows.mi import MiSettings
 from calibscope.workflows.ood import OodSettings
@@ -35,9 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.render.report_model import Report, Section
     from calibscope.workflows.ensemble import Predictive
 
-SECTION_KEYS = ("calibration", "temperature", "selective", "ood", "projection", "mi", "hessian")
+SECTION_KEYS = ("calibration", "temperature", "selective", "conformal", "ood", "projection", "mi", "hessian")
 SECTION_ALIASES = {"ece": "calibration", "projections": "projection", "project": "projection",
-                   "eigenvalues": "hessian", "risk-coverage": "selective"}
+                   "eigenvalues": "hessian", "risk-coverage": "selective", "conformal-prediction": "conformal"}
+CONFORMAL_METHODS = ("lac", "aps", "raps")  # the report's conformal section: every method at one α
 REPORT_BOOTSTRAP = 200  # the report shows 95 % intervals by default
 
 
@@ -74,6 +76,7 @@ class ReportSettings:
     calibration: CalibrationSettings = field(default_factory=lambda: CalibrationSettings(bootstrap=REPORT_BOOTSTRAP))
     temperature: TemperatureSettings | None = None  # None: nll, with the calibration's bins
     selective: SelectiveSettings = field(default_factory=SelectiveSettings)
+    conformal: ConformalSettings = field(default_factory=lambda: ConformalSettings(alphas=()))  # one α: cheap
     ood: OodSettings = field(default_factory=OodSettings)
     projection: ProjectionSettings = field(default_factory=ProjectionSettings)
     mi: MiSettings = field(default_factory=MiSettings)
@@ -251,6 +254,26 @@ def _selective(ctx: ReportContext) -> Section:
     return _outcome("selective", results, notes, lambda rs: [selective_view.document(r) for r in rs])
 
 
+def _conformal(ctx: ReportContext) -> Section:
+    """As ``calibscope conformal CKPT --val VAL --data TEST --method M --alpha A`` for M = lac, aps, raps (at
+    the one α only: no coverage-against-α curve)."""
+    if ctx.val is None:
+        return _skipped("conformal", "no --val given (split conformal calibrates on validation data)")
+    from calibscope.render import conformal_view
+    from calibscope.workflows.conformal import run_conformal
+
+    def one(m: Model):
+        return [run_conformal(ctx.test, m.path, dataclasses.replace(ctx.settings.conformal, method=method,
+                                                                      min_coverage=None),
+                              val=ctx.val.data_path, name=m.name)
+                for method in CONFORMAL_METHODS]
+
+    per_model, notes = _per_model(ctx.models, one, needs_model=True,
+                                  why="conformal calibration needs the model's logits on --val")
+    results = [r for rs in per_model for r in rs]
+    return _outcome("conformal", results, notes, lambda rs: [conformal_view.document(r) for r in rs])
+
+
 def _ood(ctx: ReportContext) -> Section:
     """As ``calibscope ood CKPT --data TEST --ood-data OOD [--train TRAIN]``."""
     if ctx.ood_path is None:
@@ -333,7 +356,8 @@ def _hessian(ctx: ReportContext) -> Section:
 
 
 SECTION_RUNNERS: dict[str, Callable[[ReportContext], Section]] = {
-    "calibration": _calibration, "temperature": _temperature, "selective": _selective, "ood": _ood,
+    "calibration": _calibration, "temperature": _temperature, "selective": _selective, "conformal": _conformal,
+    "ood": _ood,
     "projection": _projection, "mi": _mi, "hessian": _hessian}
 
 

@@ -23,7 +23,8 @@ from tests.cli.test_report_cli import sample_pages
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync")
-SECTIONS = ("summary", "calibration", "temperature", "selective", "ood", "projection", "mi", "hessian", "provenance")
+SECTIONS = ("summary", "calibration", "temperature", "selective", "conformal", "ood", "projection", "mi", "hessian",
+            "provenance")
 
 
 def _in_ci() -> bool:

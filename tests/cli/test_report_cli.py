@@ -139,7 +139,7 @@ def test_report_numbers_equal_each_commands_json(pages):
     path, shuffled = pages["report"], pages["ood"]
     p = page(path)
     name = Path(MODELS["ls"]).name
-    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 9
+    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 10
 
     def shown(key):
         return p.values[(key, name)]
@@ -201,7 +201,8 @@ def test_json_is_the_same_content(pages):
         if row["key"] != "verdict":
             assert p.values[(f"summary.{row['key']}", name)] == row["values"][0], row["key"]
     by_key = {s["key"]: s for s in doc["sections"]}
-    assert list(by_key) == ["calibration", "temperature", "selective", "ood", "projection", "mi", "hessian"]
+    assert list(by_key) == ["calibration", "temperature", "selective", "conformal", "ood", "projection", "mi",
+                           "hessian"]
     assert by_key["calibration"]["document"]["schema"] == "calibscope/ece"
     assert by_key["hessian"]["document"]["schema"] == "calibscope/hessian"
     assert [d["schema"] for d in by_key["temperature"]["document"]] == ["calibscope/temperature"]
@@ -217,7 +218,7 @@ def test_json_is_the_same_content(pages):
 def test_compare_numbers_equal_the_multi_checkpoint_commands(pages):
     paths = list(MODELS.values())
     p = page(pages["compare"])
-    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 9
+    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 10
     assert pages["compare_doc"]["verdict"]["passed"] is False
     ece = command_json("ece", *paths, "--data", TEST)["results"]
     proj = command_json("project", *paths, "--data", TRAIN, "--val", VAL)
@@ -248,8 +249,8 @@ def test_missing_inputs_skip_sections_with_a_visible_note(tmp_path):
     assert result.exit_code == 0, result.output
     p = page(out)
     assert p.sections == {"summary": "ok", "calibration": "ok", "temperature": "ok", "selective": "ok",
-                          "ood": "skipped", "projection": "skipped", "mi": "skipped", "hessian": "skipped",
-                          "provenance": "ok"}
+                          "conformal": "skipped", "ood": "skipped", "projection": "skipped", "mi": "skipped",
+                          "hessian": "skipped", "provenance": "ok"}
     text = out.read_text(encoding="utf-8")
     assert "Skipped: no --ood-data given" in text
     assert "Skipped: digits_hard_test_logits.npz is a logits file: the Hessian needs the parameters" in text
