@@ -26,13 +26,14 @@ _TRAIN = typer.Option(None, "--train", help="Training data (with labels): plane 
                       "Hessian of the training loss, and the Mahalanobis OOD score. Without it those sections are "
                       "skipped. Its 'train' split is used when it holds several.", show_default=False)
 _VAL = typer.Option(None, "--val", help="Validation data: the temperature is fitted on it (else on --data, which "
-                    "is optimistic), the conformal sets are calibrated on it (without it that section is "
-                    "skipped) and it is the projection's second column.", show_default=False)
+                    "is optimistic), the conformal sets are calibrated on it and the calibrators of the calibrate "
+                    "section fitted on it (without it those sections are skipped), and it is the projection's "
+                    "second column.", show_default=False)
 _OOD = typer.Option(None, "--ood-data", help="Out-of-distribution inputs (same input shape, labels ignored) or a "
                     "logits file of the model on them; without it the OOD section is skipped.", show_default=False)
 _SECTIONS = typer.Option(None, "--sections", "-s", help="Comma-separated sections to include, in page order: "
-                         "calibration, temperature, selective, conformal, ood, projection, mi, hessian \\[default: "
-                         "all]. The "
+                         "calibration, corp, temperature, calibrate, selective, conformal, ood, projection, mi, "
+                         "hessian, distill \\[default: all]. The "
                          "summary and the provenance are always there.", show_default=False)
 _OUT = typer.Option(None, "--out", "-o", help="The HTML file to write \\[default: report.html / compare.html; with "
                     "--json and no -o, no HTML].", show_default=False)
@@ -181,7 +182,8 @@ def _settings(o: dict[str, Any], defaults):
     from calibscope.cli._common import pick
     from calibscope.diagnostics.defaults import DEFAULT_BINS
     from calibscope.errors import InputError
-    from calibscope.workflows.calibration import DEFAULT_NORM, CalibrationSettings
+    from calibscope.workflows.calibrate import CalibrateSettings
+    from calibscope.workflows.calibration import DEFAULT_NORM, CalibrationSettings, CorpSettings
     from calibscope.workflows.hessian import HessianSettings
     from calibscope.workflows.mi import MiSettings
     from calibscope.workflows.projection import ProjectionSettings
@@ -202,6 +204,7 @@ def _settings(o: dict[str, Any], defaults):
                                                flip=not o["mi_no_flip"], seed=seed)),
         hessian=_prefixed("hessian_", lambda: HessianSettings(top=o["hessian_top"], examples=o["hessian_examples"],
                                                               seed=seed)),
+        corp=CorpSettings(seed=seed), calibrate=CalibrateSettings(methods=("all",), seed=seed),
         max_ece=pick(o["max_ece"], defaults, "max_ece", None), max_lambda1=o["max_lambda1"])
 
 

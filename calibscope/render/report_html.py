@@ -134,11 +134,12 @@ def render_html(report: Report, *, figures: FigureFormat = "auto") -> str:
     """The whole page as one string (UTF-8 text, no external reference)."""
     from calibscope import __version__
     from calibscope.render import report_sections as rs
+    from calibscope.render.report_sections_calibration import BODIES
 
     embed = FigureEmbedder(figures)
     body = [rs.summary_html(report)]
     for section in report.sections:
-        body.append(rs.section_html(section, report, embed))
+        body.append(rs.section_html(section, report, embed, bodies=BODIES))
     body.append(rs.provenance_html(report))
 
     toc = ['<li><a href="#summary">Summary</a></li>']

@@ -16,13 +16,16 @@ __all__ = ["SECTIONS", "Check", "FigureFormat", "ModelInfo", "Report", "Section"
 # every diagnostic section, in page order, with its heading
 SECTIONS: dict[str, str] = {
     "calibration": "Calibration",
+    "corp": "CORP reliability and score decomposition",
     "temperature": "Temperature scaling",
+    "calibrate": "Calibrators compared",
     "selective": "Selective classification",
     "conformal": "Conformal prediction sets",
     "ood": "Out-of-distribution detection",
     "projection": "Penultimate-layer projections",
     "mi": "Logit-gap mutual information",
     "hessian": "Top Hessian eigenvalues",
+    "distill": "Soft targets and distillation",
 }
 FigureFormat = Literal["auto", "svg", "png"]
 

@@ -228,14 +228,16 @@ def summary_html(report: Report) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def section_html(section: Section, report: Report, embed: FigureEmbedder) -> str:
-    """The ``<section>`` of one diagnostic: its body, or the visible note of why it was skipped."""
+def section_html(section: Section, report: Report, embed: FigureEmbedder,
+                 bodies: dict[str, Callable[[Section, Report, FigureEmbedder], str]] | None = None) -> str:
+    """The ``<section>`` of one diagnostic: its body (from ``bodies`` first, e.g. the sections of
+    :mod:`~calibscope.render.report_sections_calibration`), or the visible note of why it was skipped."""
     out = [f'<section id="{esc(section.key)}" class="report-section" data-section="{esc(section.key)}" '
            f'data-status="{esc(section.status)}">', f"<h2>{esc(section.title)}</h2>"]
     if section.status == "skipped":
         out.append(note_html(f"Skipped: {section.note}", kind="skipped"))
     else:
-        out.append(_BODIES[section.key](section, report, embed))
+        out.append({**_BODIES, **(bodies or {})}[section.key](section, report, embed))
         for note in section.notes:
             out.append(note_html(note))
     out.append("</section>")

@@ -113,10 +113,10 @@ def is_model(session: Session, checkpoint: Path | str) -> bool:
 
 
 def run_calibrate(session: Session, checkpoint: Path | str, settings: CalibrateSettings | None = None, *,
-                  test: Path | str | None = None, name: str | None = None) -> CalibrateResult:
+                  test: Path | str | Session | None = None, name: str | None = None) -> CalibrateResult:
     """Fit ``settings.methods`` on ``checkpoint``'s outputs on the session's (validation) data and score them
-    on ``test`` (see the module docstring): for a model, a dataset; for a logits file, the logits file of the
-    same model on the test data."""
+    on ``test`` (see the module docstring): for a model, a dataset (or a :class:`Session` on it, whose outputs
+    are reused, as the report does); for a logits file, the logits file of the same model on the test data."""
     from calibscope.diagnostics.calibrator_comparison import applicable_methods, compare_calibrators
     from calibscope.workflows.ensemble import Predictive, as_model_ref
 
@@ -130,9 +130,17 @@ def run_calibrate(session: Session, checkpoint: Path | str, settings: CalibrateS
     notes: list[str] = []
     z, y = outputs.logits, outputs.labels
     fit_rows = None
+    test_session = None if test is None or isinstance(test, (str, Path)) else test
+    if test_session is not None:
+        test = test_session.data_path
+        if test is None:
+            raise ArgumentError("test", "the test session has no data set to score the calibrators on")
     if test is not None:
         if isinstance(path, Predictive) or is_model(session, path):
-            test_outputs, _ = session.for_data(test).outputs(path)
+            test_outputs, _ = (test_session or session.for_data(test)).outputs(path)
+        elif test_session is not None:
+            raise ArgumentError("test", "a logits file is scored on the logits file of the same model on the test "
+                                "data, not on a data set")
         else:
             test_outputs, test_ckpt = session.for_data(None).outputs(test)
             if getattr(test_ckpt, "module", None) is not None:

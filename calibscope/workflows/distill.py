@@ -51,13 +51,15 @@ class DistillResult:
     settings: DistillSettings
 
 
-def run_distill(session: Session, checkpoints: list[Path | str], settings: DistillSettings | None = None, *,
+def run_distill(session: Session, checkpoints: list[Path | str | Any], settings: DistillSettings | None = None, *,
                 names: list[str] | None = None) -> DistillResult:
-    """Soft targets of the first ``settings.teachers`` checkpoints and every student against every teacher."""
+    """Soft targets of the first ``settings.teachers`` checkpoints and every student against every teacher
+    (a checkpoint may also be an ensemble / MC-dropout :class:`~calibscope.workflows.ensemble.Predictive`)."""
     from calibscope.diagnostics.distillation import soft_targets, student_agreement
+    from calibscope.workflows.ensemble import as_model_ref
 
     s = settings or DistillSettings()
-    paths = [Path(c) for c in checkpoints]
+    paths = [as_model_ref(c) for c in checkpoints]
     names = names or [p.name for p in paths]
     if s.teachers > len(paths):
         raise ArgumentError("teachers", f"`teachers` is {s.teachers} but only {len(paths)} checkpoints were given")

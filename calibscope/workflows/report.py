@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calibscope.errors import ArgumentError, InputError
-from calibscope.workflows.calibration import CalibrationSettings
+from calibscope.workflows import report_calibration
+from calibscope.workflows.calibrate import CalibrateSettings
+from calibscope.workflows.calibration import CalibrationSettings, CorpSettings
 from calibscope.workflows.conformal import ConformalSettings
+from calibscope.workflows.distill import DistillSettings
 from calibscope.workflows.hessian import HessianSettings
 from calibscope.workflows.mi import MiSettings
 from calibscope.workflows.ood import OodSettings
@@ -36,9 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from calibscope.render.report_model import Report, Section
     from calibscope.workflows.ensemble import Predictive
 
-SECTION_KEYS = ("calibration", "temperature", "selective", "conformal", "ood", "projection", "mi", "hessian")
+SECTION_KEYS = ("calibration", "corp", "temperature", "calibrate", "selective", "conformal", "ood", "projection", "mi",
+                "hessian", "distill")
 SECTION_ALIASES = {"ece": "calibration", "projections": "projection", "project": "projection",
-                   "eigenvalues": "hessian", "risk-coverage": "selective", "conformal-prediction": "conformal"}
+                   "eigenvalues": "hessian", "risk-coverage": "selective", "conformal-prediction": "conformal",
+                   "calibrators": "calibrate", "distillation": "distill", "soft-targets": "distill"}
 CONFORMAL_METHODS = ("lac", "aps", "raps")  # the report's conformal section: every method at one α
 REPORT_BOOTSTRAP = 200  # the report shows 95 % intervals by default
 
@@ -81,6 +86,9 @@ class ReportSettings:
     projection: ProjectionSettings = field(default_factory=ProjectionSettings)
     mi: MiSettings = field(default_factory=MiSettings)
     hessian: HessianSettings = field(default_factory=HessianSettings)
+    corp: CorpSettings = field(default_factory=CorpSettings)
+    calibrate: CalibrateSettings = field(default_factory=lambda: CalibrateSettings(methods=("all",)))
+    distill: DistillSettings = field(default_factory=DistillSettings)
     max_ece: float | None = None
     max_lambda1: float | None = None
 
@@ -358,7 +366,9 @@ def _hessian(ctx: ReportContext) -> Section:
 SECTION_RUNNERS: dict[str, Callable[[ReportContext], Section]] = {
     "calibration": _calibration, "temperature": _temperature, "selective": _selective, "conformal": _conformal,
     "ood": _ood,
-    "projection": _projection, "mi": _mi, "hessian": _hessian}
+    "projection": _projection, "mi": _mi, "hessian": _hessian,
+    "corp": report_calibration.corp_section, "calibrate": report_calibration.calibrate_section,
+    "distill": report_calibration.distill_section}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -423,6 +433,10 @@ def _provenance(ctx: ReportContext, sections: list[Section]) -> dict[str, Any]:
     seeds = {}
     if "calibration" in done and s.calibration.bootstrap:
         seeds["bootstrap"] = s.calibration.seed
+    if "corp" in done and s.corp.resamples:
+        seeds["CORP consistency band"] = s.corp.seed
+    if "calibrate" in done:
+        seeds["calibrators' paired bootstrap"] = s.calibrate.seed
     if "mi" in done:
         seeds["MI examples and augmentations"] = s.mi.seed
     if "hessian" in done:

@@ -26,7 +26,7 @@ def calibrated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrate")
     out = folder / "calibrated.pt2"
     result = invoke("calibrate", SAMPLES / "digits_hard.pt2", "--val", SAMPLES / "digits_val.npz", "--test",
-                    SAMPLES / "digits_test.npz", "--methods", "temperature,vector,isotonic", "--bootstrap", "0",
+                    SAMPLES / "digits_test.npz", "--methods", "all", "--bootstrap", "0",
                     "-o", out, "--json")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)

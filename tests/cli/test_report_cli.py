@@ -19,6 +19,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from calibscope.cli import calibrate as calibrate_cli
+from calibscope.cli import distill as distill_cli
 from calibscope.cli import ece as ece_cli
 from calibscope.cli import hessian as hessian_cli
 from calibscope.cli import mi as mi_cli
@@ -37,7 +39,8 @@ app = typer.Typer(pretty_exceptions_enable=False)
 for _name, _fn in (("ece", ece_cli.ece), ("temperature", temperature_cli.temperature),
                    ("selective", selective_cli.selective), ("ood", ood_cli.ood), ("project", project_cli.project),
                    ("mi", mi_cli.mi), ("hessian", hessian_cli.hessian), ("report", report_cli.report),
-                   ("compare", report_cli.compare)):
+                   ("compare", report_cli.compare), ("calibrate", calibrate_cli.calibrate),
+                   ("distill", distill_cli.distill)):
     app.command(name=_name)(_fn)
 runner = CliRunner()
 
@@ -139,7 +142,7 @@ def test_report_numbers_equal_each_commands_json(pages):
     path, shuffled = pages["report"], pages["ood"]
     p = page(path)
     name = Path(MODELS["ls"]).name
-    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 10
+    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 13
 
     def shown(key):
         return p.values[(key, name)]
@@ -191,6 +194,25 @@ def test_report_numbers_equal_each_commands_json(pages):
     assert shown("summary.lambda1") == h["eigenvalues"][0] and shown("hessian.ratio") == h["ratio"]
     assert shown("hessian.trace") == h["trace"]["trace"]
 
+    corp = command_json("ece", MODELS["ls"], "--data", TEST, "--corp", "--seed", "0")["results"][0]["corp"]
+    for score in ("brier", "log"):
+        for key in ("score", "miscalibration", "discrimination", "uncertainty"):
+            assert shown(f"corp.{score}.{key}") == corp[score][key], (score, key)
+    assert shown("corp.outside_band") == corp["outside_band"] and shown("corp.distinct") == len(corp["x"])
+
+    cal = command_json("calibrate", MODELS["ls"], "--val", VAL, "--test", TEST, "--methods", "all", "--seed", "0")
+    assert len(cal["methods"]) == 7  # the uncalibrated logits and six methods (Platt and beta need K = 2)
+    for entry in cal["methods"]:
+        for key in ("ece", "sce", "nll", "brier", "accuracy_change"):
+            assert shown(f"calibrate.{entry['method']}.{key}") == entry["metrics"][key], (entry["method"], key)
+
+    d = command_json("distill", MODELS["ls"], "--data", TEST)
+    (teacher,) = d["teachers"].values()
+    for profile in teacher["profiles"]:
+        for key in ("non_target_entropy_normalised", "non_target_information", "off_true_mass"):
+            assert shown(f"distill.T{profile['temperature']:g}.{key}") == profile[key]
+    assert shown("distill.ece") == teacher["ece"] and shown("distill.pair") == teacher["similar_pairs"][0][2]
+
 
 def test_json_is_the_same_content(pages):
     path, doc = pages["report"], pages["report_doc"]
@@ -201,8 +223,11 @@ def test_json_is_the_same_content(pages):
         if row["key"] != "verdict":
             assert p.values[(f"summary.{row['key']}", name)] == row["values"][0], row["key"]
     by_key = {s["key"]: s for s in doc["sections"]}
-    assert list(by_key) == ["calibration", "temperature", "selective", "conformal", "ood", "projection", "mi",
-                           "hessian"]
+    assert list(by_key) == ["calibration", "corp", "temperature", "calibrate", "selective", "conformal", "ood",
+                            "projection", "mi", "hessian", "distill"]
+    assert by_key["corp"]["document"]["results"][0]["corp"]["band_resamples"] == 200
+    assert [d["schema"] for d in by_key["calibrate"]["document"]] == ["calibscope/calibrate"]
+    assert by_key["distill"]["document"]["schema"] == "calibscope/distill"
     assert by_key["calibration"]["document"]["schema"] == "calibscope/ece"
     assert by_key["hessian"]["document"]["schema"] == "calibscope/hessian"
     assert [d["schema"] for d in by_key["temperature"]["document"]] == ["calibscope/temperature"]
@@ -218,7 +243,7 @@ def test_json_is_the_same_content(pages):
 def test_compare_numbers_equal_the_multi_checkpoint_commands(pages):
     paths = list(MODELS.values())
     p = page(pages["compare"])
-    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 10
+    assert set(p.sections.values()) == {"ok"} and len(p.sections) == 13
     assert pages["compare_doc"]["verdict"]["passed"] is False
     ece = command_json("ece", *paths, "--data", TEST)["results"]
     proj = command_json("project", *paths, "--data", TRAIN, "--val", VAL)
@@ -236,6 +261,14 @@ def test_compare_numbers_equal_the_multi_checkpoint_commands(pages):
             val_split["statistics"]["relative_spread_plane"]
         assert p.values[("mi.nats", name)] == mi[i]["nats"]
         assert p.values[("hessian.lambda1", name)] == hess[i]["eigenvalues"][0]
+    distill = command_json("distill", *paths, "--data", TEST)  # the first model as the teacher of the others
+    for student in distill["students"]:
+        for key in ("distillation_loss", "kl_at_1", "agreement"):
+            assert p.values[(f"distill.{key}", student["student"])] == student[key]
+    everyone = command_json("distill", *paths, "--data", TEST, "--teachers", "3")["teachers"]
+    for name, teacher in everyone.items():
+        assert p.values[("distill.T1.non_target_information", name)] == teacher["profiles"][0][
+            "non_target_information"]
     # what the samples show (sample_checkpoints/README.md): LS is the least calibrated; SAM is flatter than SGD
     names = [Path(x).name for x in paths]
     assert p.values[("calibration.ece", names[1])] > p.values[("calibration.ece", names[0])]
@@ -248,11 +281,13 @@ def test_missing_inputs_skip_sections_with_a_visible_note(tmp_path):
     result = invoke("report", logits, "--train", TRAIN, "--bootstrap", "0", "--figures", "svg", "-o", out)
     assert result.exit_code == 0, result.output
     p = page(out)
-    assert p.sections == {"summary": "ok", "calibration": "ok", "temperature": "ok", "selective": "ok",
-                          "conformal": "skipped", "ood": "skipped", "projection": "skipped", "mi": "skipped",
-                          "hessian": "skipped", "provenance": "ok"}
+    assert p.sections == {"summary": "ok", "calibration": "ok", "corp": "ok", "temperature": "ok",
+                          "calibrate": "skipped", "selective": "ok", "conformal": "skipped", "ood": "skipped",
+                          "projection": "skipped", "mi": "skipped", "hessian": "skipped", "distill": "ok",
+                          "provenance": "ok"}
     text = out.read_text(encoding="utf-8")
     assert "Skipped: no --ood-data given" in text
+    assert "Skipped: no --val given (the calibrators are fitted on validation data" in text
     assert "Skipped: digits_hard_test_logits.npz is a logits file: the Hessian needs the parameters" in text
     assert "skipped out-of-distribution detection" in result.stdout
 
