@@ -6,7 +6,8 @@ of logits already computed.
 
 * ``corp``: as ``calibscope ece CKPT --data TEST --corp --seed S`` (band of 200 resamples).
 * ``calibrate``: as ``calibscope calibrate CKPT --val VAL --test TEST --methods all --seed S`` (200 paired
-  bootstrap resamples); needs ``--val``; a logits file is left out (its validation logits are not known).
+  bootstrap resamples); needs ``--val``; a logits file is left out (its validation logits are not known); an
+  ensemble / MC-dropout is calibrated as ``calibscope calibrate --ensemble`` does.
 * ``distill``: every model's soft targets side by side, as ``calibscope distill A B ... --teachers N`` (the
   comparison of Müller et al. 2019 §4: a label-smoothed teacher's wrong classes look alike), and, with two or
   more models, every other model against the first as if the first were its teacher (T²·KL, KL at T = 1 and
@@ -37,13 +38,14 @@ def corp_section(ctx: ReportContext) -> Section:
 def calibrate_section(ctx: ReportContext) -> Section:
     from calibscope.render import calibrate_view
     from calibscope.workflows.calibrate import run_calibrate
-    from calibscope.workflows.report import _logits_notes, _outcome, _per_model, _skipped
+    from calibscope.workflows.report import _outcome, _per_model, _skipped
 
     if ctx.val is None:
         return _skipped("calibrate", "no --val given (the calibrators are fitted on validation data and scored on "
                                      "the test data)")
-    notes = _logits_notes(ctx, "calibrating it needs its logits on the validation data")
-    models = ctx.runnable()
+    notes = [f"{m.name} is a logits file: calibrating it needs its logits on the validation data"
+             for m in ctx.models if m.is_logits]
+    models = [m for m in ctx.models if not m.is_logits]  # networks, ensembles and MC-dropout: they run on --val
     if not models:
         return _skipped("calibrate", "; ".join(notes))
     results, errors = _per_model(models, lambda m: run_calibrate(ctx.val, m.path, ctx.settings.calibrate,
