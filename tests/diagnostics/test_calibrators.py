@@ -219,3 +219,23 @@ def test_temperature_keeps_accuracy_and_float32_in_float32_out(data):
     float32 = apply_calibrator(_fitted(data, "dirichlet"), zt.float())
     assert float32.dtype == torch.float32
     torch.testing.assert_close(float32, apply_calibrator(_fitted(data, "dirichlet"), zt).float())
+
+
+@pytest.mark.parametrize("method", ["matrix", "dirichlet"])
+def test_closed_form_hessian_equals_autograd(data, method):
+    """The Newton step of matrix / Dirichlet scaling uses the closed-form Hessian of multinomial logistic
+    regression: equal to torch.autograd's Hessian of the same mean NLL at a random point."""
+    from calibscope.diagnostics.calibrators import _forward, _linear_nll_hessian, _mean_nll
+
+    z, y = data[0].to(torch.float64), data[1]
+    k = z.shape[1]
+    g = torch.Generator().manual_seed(4)
+    params = {"W": torch.eye(k, dtype=torch.float64) + 0.3 * torch.randn(k, k, generator=g, dtype=torch.float64),
+              "b": 0.5 * torch.randn(k, generator=g, dtype=torch.float64)}
+
+    def loss(theta):
+        return _mean_nll(_forward(method, {"W": theta[: k * k].reshape(k, k), "b": theta[k * k:]}, z, {}), y)
+
+    theta = torch.cat([params["W"].reshape(-1), params["b"]])
+    expected = torch.autograd.functional.hessian(loss, theta)
+    torch.testing.assert_close(_linear_nll_hessian(method, params, z), expected, rtol=0, atol=1e-12)
