@@ -24,7 +24,7 @@ MODELS := $(SAMPLES)/digits_hard.pt2 $(SAMPLES)/digits_ls.pt2 $(SAMPLES)/digits_
 demo: $(STAMP)
 	$(BIN)/calibscope ece $(MODELS) --data $(SAMPLES)/digits_test.npz --out demo-out
 	$(BIN)/calibscope compare $(MODELS) --data $(SAMPLES)/digits_test.npz --val $(SAMPLES)/digits_val.npz \
-		--train $(SAMPLES)/digits_train.npz --mi-shift 1 --mi-no-flip -o demo-out/compare.html
+		--train $(SAMPLES)/digits_train.npz -o demo-out/compare.html
 	@echo "Open demo-out/compare.html in a browser; reliability diagrams and ece.json are in demo-out/"
 
 # pytest exits 5 when it collects no test: that is a failure here.

@@ -1,4 +1,4 @@
-"""Pieces the benchmark scripts share: a CIFAR-style ResNet-18 and the CPU-then-CUDA device loop.
+"""Pieces the benchmark scripts share: ResNet-18 (CIFAR or ImageNet stem) and the CPU-then-CUDA device loop.
 
 Scripts run as ``python benchmarks/NAME.py``, so this module is imported as ``_shared``.
 """
@@ -30,12 +30,18 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR ResNet-18 (He et al. 2016 layout, 3×3 stem): widths w, 2w, 4w, 8w; 11.2 M parameters at w = 64."""
+    """ResNet-18 (He et al. 2016): widths w, 2w, 4w, 8w; 11.2 M parameters at w = 64. ``stem="cifar"``: a 3×3
+    stride-1 stem (CIFAR layout); ``stem="imagenet"``: 7×7 stride 2 + 3×3 max-pool, torchvision's resnet18
+    layout (same FLOPs at 224², 1.8 GFLOPs per image), built here so that no benchmark needs torchvision."""
 
-    def __init__(self, num_classes: int = 10, width: int = 64):
+    def __init__(self, num_classes: int = 10, width: int = 64, stem: str = "cifar"):
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        if stem == "imagenet":
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
         layers, cin = [], w
         for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
             layers += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
@@ -72,3 +78,33 @@ def best_time(fn, device: torch.device, repeats: int) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def torch_uncertainty_module(name: str):
+    """``torch_uncertainty.<name>`` without the package's ``__init__`` (which imports torchvision and Lightning
+    helpers): the packages above ``name`` are entered as bare namespaces, as tests/reference_libs.py does.
+    Raises ImportError when torch-uncertainty (or a module ``name`` needs) is not installed."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    entered = sys.modules.get("torch_uncertainty")
+    if entered is not None and getattr(entered, "__path__", None):
+        root = list(entered.__path__)[0]
+    else:
+        spec = importlib.util.find_spec("torch_uncertainty")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("torch-uncertainty is not installed (pip install --no-deps torch-uncertainty==0.13.0)")
+        root = spec.submodule_search_locations[0]
+    parts = name.split(".")
+    for depth in range(len(parts)):
+        package = ".".join(["torch_uncertainty", *parts[:depth]])
+        if package not in sys.modules:
+            module = types.ModuleType(package)
+            module.__path__ = [f"{root}/{'/'.join(parts[:depth])}".rstrip("/")]
+            sys.modules[package] = module
+    post = sys.modules.get("torch_uncertainty.post_processing")
+    if name.startswith("post_processing.") and post is not None and not hasattr(post, "PostProcessing"):
+        post.PostProcessing = importlib.import_module("torch_uncertainty.post_processing.abstract").PostProcessing
+    return importlib.import_module(f"torch_uncertainty.{name}")

@@ -1,10 +1,17 @@
-"""Top-label ECE: calibscope vs torchmetrics vs a one-read floor, side by side in one run.
+"""Top-label ECE: calibscope vs a one-read floor, torchmetrics, netcal and torch-uncertainty, side by side in one run.
 
-Same fp32 logits and labels on the same device for all three:
+Same fp32 logits and labels on the same device for all of them:
 
-* floor        — ``logits.max(dim=1)``: reading the logits once, which any ECE must do;
+* floor        — ``logits.max(dim=1)`` + ``bincount`` of the labels: reading the logits once (and the labels),
+  which any ECE must do;
 * calibscope   — ``expected_calibration_error(logits, labels)`` (15 right-closed bins, softmax in float64);
-* torchmetrics — ``multiclass_calibration_error(logits, labels, num_classes=K, n_bins=15)`` (float32).
+* torchmetrics — ``multiclass_calibration_error(logits, labels, num_classes=K, n_bins=15)`` (float32);
+* netcal       — ``netcal.metrics.ECE(bins=15).measure(probs, labels)`` on NumPy; the timing includes the
+  softmax and the copy to NumPy that it needs (CPU only);
+* torch-uncertainty — ``CalibrationError(task="multiclass", num_classes=K, num_bins=15)``: ``update`` + ``compute``
+  (a torchmetrics ``Metric``; its package ``__init__`` needs torchvision, so the module is imported alone).
+
+Each anchor that is not installed is a line saying so (the ``bench`` extra installs them).
 
 On CUDA the fused kernel (``CALIBSCOPE_COMPILE=1``, torch.compile; timed warm, compile excluded) is timed as
 well. Sizes: 4,000,000 × 100 on CUDA, 500,000 × 100 on CPU. Targets on the GPU: ≥ 5× faster than
@@ -22,7 +29,7 @@ import statistics
 import time
 
 import torch
-from _shared import devices
+from _shared import devices, torch_uncertainty_module
 
 from calibscope.diagnostics.calibration import expected_calibration_error
 
@@ -48,9 +55,9 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
     labels = torch.randint(0, k, (n,), generator=g, device=device)
     labels = torch.where(torch.rand(n, generator=g, device=device) < 0.7, logits.argmax(1), labels)
     print(f"--- {device.type}: {n:,} × {k} fp32 logits, 15 bins, median of {repeats}")
-    t_floor, _ = timed(lambda: logits.max(dim=1), device, repeats)
+    t_floor, _ = timed(lambda: (logits.max(dim=1), torch.bincount(labels, minlength=15)), device, repeats)
     t_ours, ours = timed(lambda: expected_calibration_error(logits, labels), device, repeats)
-    print(f"floor (logits.max(dim=1))        {1e3 * t_floor:9.2f} ms")
+    print(f"floor (max(dim=1) + bincount)    {1e3 * t_floor:9.2f} ms")
     print(f"calibscope                       {1e3 * t_ours:9.2f} ms   ECE {ours:.10f}")
     t_fused = None
     if device.type == "cuda":
@@ -70,6 +77,9 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
                                                                    norm="l1"), device, repeats)
         theirs = float(theirs)
         print(f"torchmetrics                     {1e3 * t_tm:9.2f} ms   ECE {theirs:.10f}")
+    others = [(name, t, value) for name, t, value in (netcal_row(logits, labels, repeats),
+                                                       torch_uncertainty_row(logits, labels, device, repeats))
+              if t is not None]
     best = min(t for t in (t_ours, t_fused) if t is not None)
     ratios = [f"calibscope/floor {t_ours / t_floor:.2f}×"]
     if t_fused is not None:
@@ -79,7 +89,51 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
         if t_fused is not None:
             ratios.append(f"torchmetrics/fused {t_tm / best:.2f}×")
         ratios.append(f"|ΔECE| {abs(ours - theirs):.1e} (torchmetrics: float32, left-closed bins)")
+    for name, t, value in others:
+        ratios.append(f"{name}/calibscope {t / t_ours:.2f}× (|ΔECE| {abs(ours - value):.1e})")
     print("ratios: " + ", ".join(ratios))
+
+
+def netcal_row(logits, labels, repeats):
+    try:
+        from netcal.metrics import ECE
+    except ImportError:
+        print("netcal not installed (pip install netcal): skipped")
+        return "netcal", None, None
+    if logits.device.type != "cpu":
+        print("netcal: NumPy only, not timed on this device")
+        return "netcal", None, None
+    metric = ECE(bins=15)
+    t, value = timed(lambda: float(metric.measure(torch.softmax(logits, 1).numpy(), labels.numpy())),
+                     logits.device, repeats)
+    print(f"netcal {_version('netcal'):<26}{1e3 * t:9.2f} ms   ECE {value:.10f}")
+    return "netcal", t, value
+
+
+def torch_uncertainty_row(logits, labels, device, repeats):
+    try:
+        module = torch_uncertainty_module("metrics.classification.calibration.calibration_error")
+    except ImportError as exc:
+        print(f"torch-uncertainty not importable ({exc}): skipped")
+        return "torch-uncertainty", None, None
+
+    def once():
+        metric = module.CalibrationError(task="multiclass", num_classes=logits.shape[1], num_bins=15).to(device)
+        metric.update(logits, labels)
+        return float(metric.compute())
+
+    t, value = timed(once, device, repeats)
+    print(f"torch-uncertainty {_version('torch_uncertainty'):<15}{1e3 * t:9.2f} ms   ECE {value:.10f}")
+    return "torch-uncertainty", t, value
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name.replace("_", "-"))
+    except PackageNotFoundError:
+        return "?"
 
 
 def main() -> None:
