@@ -1,10 +1,14 @@
-"""Temperature scaling: calibscope's exact Newton fit vs the common LBFGS recipe, side by side in one run.
+"""Temperature scaling: calibscope's exact Newton fit vs scipy, netcal, torch-uncertainty and the gpleiss LBFGS
+recipe, side by side in one run.
 
 The recipe (gpleiss/temperature_scaling): ``T = nn.Parameter(torch.ones(1) * 1.5)``,
 ``optim.LBFGS([T], lr=0.01, max_iter=50)``, one ``step`` minimising ``CrossEntropyLoss(logits / T, labels)``.
 Logits: ``T_true · z`` with labels drawn from ``softmax(z)``, so the optimum is near ``T_true``; the exact
 optimum T* of these very logits is found independently by scipy's bounded minimisation of a float64 NLL over
-log T (not timed). Prints time, |T − T*| and NLL(T) − NLL(T*) for both, ratios last. Sizes: 1,000,000 × 100 on
+log T (timed too, as the "scipy" row). Anchors, each skipped with a line when not installed:
+``netcal.scaling.TemperatureScaling()`` (its default MLE fit on float64 NumPy softmax outputs, CPU only; needs
+pyro-ppl) and torch-uncertainty's ``TemperatureScaler(lr=0.1, max_iter=100)`` (its defaults; LBFGS on the logits).
+Prints time, |T − T*| and NLL(T) − NLL(T*) for both, ratios last. Sizes: 1,000,000 × 100 on
 CUDA, 100,000 × 100 on CPU. Target: ≥ 20× faster and closer to T*.
 
     python benchmarks/temperature.py                  # CPU, and CUDA if available
@@ -19,7 +23,7 @@ import os
 import time
 
 import torch
-from _shared import devices
+from _shared import devices, torch_uncertainty_module
 from scipy.optimize import minimize_scalar
 
 from calibscope.diagnostics.temperature import fit_temperature
@@ -55,6 +59,39 @@ def lbfgs_recipe(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(temperature.detach())
 
 
+def anchor_rows(logits: torch.Tensor, labels: torch.Tensor, device: torch.device) -> list[tuple]:
+    rows = []
+    try:
+        from netcal.scaling import TemperatureScaling
+    except ImportError as exc:
+        print(f"netcal not importable ({exc}; pip install netcal): skipped")
+    else:
+        if device.type == "cpu":
+            def netcal_fit():
+                model = TemperatureScaling()
+                model.fit(torch.softmax(logits.double(), 1).numpy(), labels.numpy())  # float32: netcal 1.4 returns T = 1 unfitted
+                return 1.0 / float(model.weights[0])  # netcal's weight multiplies the logits: 1/T
+
+            seconds, t = timed(netcal_fit, device)
+            rows.append(("netcal TemperatureScaling (MLE)", seconds, t, "float64 softmax outputs, NumPy"))
+        else:
+            print("netcal: NumPy only, not timed on this device")
+    try:
+        module = torch_uncertainty_module("post_processing.calibration.temperature_scaler")
+    except ImportError as exc:
+        print(f"torch-uncertainty not importable ({exc}): skipped")
+    else:
+        def tu_fit():
+            scaler = module.TemperatureScaler(device=device)
+            loader = [(logits, labels)]  # one batch of logits: the model is the identity
+            scaler.fit(loader, progress=False)
+            return float(scaler.temperature[0].detach())
+
+        seconds, t = timed(tu_fit, device)
+        rows.append(("torch-uncertainty TemperatureScaler", seconds, t, "LBFGS lr 0.1, 100 it."))
+    return rows
+
+
 def timed(fn, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -71,7 +108,7 @@ def run(device: torch.device, n: int, k: int, t_true: float) -> None:
     labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
     logits = (t_true * z).float()
     print(f"--- {device.type}: {n:,} × {k} fp32 logits, T_true = {t_true}")
-    t_star = reference_temperature(logits, labels)
+    t_scipy, t_star = timed(lambda: reference_temperature(logits, labels), device)
     nll_star = nll64(logits, labels, t_star)
     print(f"reference T* (scipy, float64)    {t_star:.10f}   NLL {nll_star:.12f}")
     fit_temperature(logits[:1000], labels[:1000])  # warm-up (allocator, first-call overheads)
@@ -80,7 +117,9 @@ def run(device: torch.device, n: int, k: int, t_true: float) -> None:
     t_lbfgs, t_lb = timed(lambda: lbfgs_recipe(logits, labels), device)
     rows = [("calibscope (Newton on 1/T)", t_ours, fit.temperature,
              f"{fit.n_passes} passes + {fit.warm_start_passes} on {fit.warm_start_rows:,} rows"),
-            ("LBFGS recipe (lr 0.01, 50 it.)", t_lbfgs, t_lb, "")]
+            ("LBFGS recipe (lr 0.01, 50 it.)", t_lbfgs, t_lb, ""),
+            ("scipy bounded, float64 NLL", t_scipy, t_star, "the reference")]
+    rows += anchor_rows(logits, labels, device)
     t_fused = None
     if device.type == "cuda":
         os.environ["CALIBSCOPE_COMPILE"] = "1"
@@ -98,6 +137,8 @@ def run(device: torch.device, n: int, k: int, t_true: float) -> None:
     if t_fused is not None:
         ratios.append(f"LBFGS/fused time {t_lbfgs / t_fused:.1f}×")
     ratios.append(f"|T − T*| LBFGS/calibscope {abs(t_lb - t_star) / max(abs(fit.temperature - t_star), 1e-300):.1e}")
+    for name, seconds, _, _ in rows[2:]:
+        ratios.append(f"{name.split(' ')[0]}/calibscope time {seconds / t_ours:.1f}×")
     print("ratios: " + ", ".join(ratios))
 
 
