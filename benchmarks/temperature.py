@@ -69,7 +69,8 @@ def anchor_rows(logits: torch.Tensor, labels: torch.Tensor, device: torch.device
         if device.type == "cpu":
             def netcal_fit():
                 model = TemperatureScaling()
-                model.fit(torch.softmax(logits.double(), 1).numpy(), labels.numpy())  # float32: netcal 1.4 returns T = 1 unfitted
+                # float64: on float32 inputs netcal 1.4 returns T = 1, unfitted
+                model.fit(torch.softmax(logits.double(), 1).numpy(), labels.numpy())
                 return 1.0 / float(model.weights[0])  # netcal's weight multiplies the logits: 1/T
 
             seconds, t = timed(netcal_fit, device)
