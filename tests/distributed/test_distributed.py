@@ -292,8 +292,9 @@ def test_a_rank_that_dies_ends_the_job_without_hanging(tmp_path):
     job, records = torchrun(plan, tmp_path, timeout=120)
     assert job.returncode != 0
     assert "exitcode  : 17" in job.stderr  # torchrun names the rank that died
-    if "crash" in records and 0 in records["crash"]:  # gloo noticed the closed connection before the agent
-        assert records["crash"][0]["code"] == 3
+    if "crash" in records and 0 in records["crash"]:  # rank 0 lived long enough to write what ended it:
+        # gloo noticed the closed connection (3, an internal error) or the agent's signal stopped it (130/143)
+        assert records["crash"][0]["code"] in (3, 130, 143)
 
 
 # ------------------------------------------------------------------------------------------- pieces
