@@ -151,9 +151,12 @@ def labels_option(labels: LabelsOpt = None) -> None:
     """Labels for a logits file that holds none (commands that read logits files)."""
 
 
-def inference_options(device: DeviceOpt = None, precision: PrecisionOpt = None,
-                      batch_size: BatchSizeOpt = None) -> None:
-    """Where and how the model runs (batched inference)."""
+def device_option(device: DeviceOpt = None) -> None:
+    """Where the model runs."""
+
+
+def inference_options(precision: PrecisionOpt = None, batch_size: BatchSizeOpt = None) -> None:
+    """How the model runs (batched inference)."""
 
 
 def cache_option(no_cache: NoCacheOpt = False) -> None:
@@ -168,7 +171,8 @@ def data_options(limit: Annotated[int | None, typer.Option(
     """How the datasets are read and normalised."""
 
 
-MODEL_OPTIONS = (checkpoint_options, labels_option, inference_options, data_options, cache_option)
+MODEL_OPTIONS = (checkpoint_options, labels_option, device_option, inference_options, data_options,
+                 cache_option)
 
 
 def with_options(*groups: Any) -> Any:

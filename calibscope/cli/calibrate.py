@@ -18,6 +18,7 @@ from calibscope.cli._common import (
     checkpoint_options,
     cli_errors,
     data_options,
+    device_option,
     inference_options,
     with_options,
 )
@@ -31,7 +32,7 @@ from calibscope.workflows.calibrate import (
 )
 
 
-@with_options(checkpoint_options, inference_options, data_options, cache_option)
+@with_options(checkpoint_options, device_option, inference_options, data_options, cache_option)
 def calibrate(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file of the validation data; "

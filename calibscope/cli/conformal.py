@@ -17,6 +17,7 @@ from calibscope.cli._common import (
     checkpoint_options,
     cli_errors,
     data_options,
+    device_option,
     inference_options,
     labels_option,
     with_options,
@@ -24,7 +25,7 @@ from calibscope.cli._common import (
 from calibscope.workflows.conformal import DEFAULT_ALPHA, DEFAULT_METHOD
 
 
-@with_options(checkpoint_options, labels_option, inference_options, data_options, cache_option)
+@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
 def conformal(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "

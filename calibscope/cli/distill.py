@@ -15,13 +15,14 @@ from calibscope.cli._common import (
     checkpoint_options,
     cli_errors,
     data_options,
+    device_option,
     inference_options,
     with_options,
 )
 from calibscope.workflows.distill import DEFAULT_PAIRS, DEFAULT_TEMPERATURE, DEFAULT_TEMPERATURES
 
 
-@with_options(checkpoint_options, inference_options, data_options, cache_option)
+@with_options(checkpoint_options, device_option, inference_options, data_options, cache_option)
 def distill(
     checkpoints: list[Path] = typer.Argument(..., help="TEACHER [STUDENT ...]: the first --teachers checkpoints "
                                              "are teachers, the rest students.", show_default=False),

@@ -4,37 +4,31 @@ and the CI gate (``--max-ece``, ``--baseline`` + ``--max-increase``, ``--junit``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     EnsembleOpt,
     FormatOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LabelsOpt,
-    LimitOpt,
     LogOpt,
     McDropoutOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    device_option,
+    inference_options,
+    labels_option,
+    with_options,
 )
 from calibscope.diagnostics.defaults import DEFAULT_BAND_LEVEL, DEFAULT_BAND_RESAMPLES, DEFAULT_BINS
 from calibscope.workflows.calibration import DEFAULT_NORM
 
 
+@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
 def ece(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more checkpoints (.pt2, TorchScript, state_dict, safetensors, logits file), "
@@ -87,21 +81,7 @@ def ece(
                                     "reliability_NAME.png/.svg; numbers: ece.json.", show_default=False),
     ensemble: EnsembleOpt = False,
     mc_dropout: McDropoutOpt = None,
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Expected calibration error and its family (MCE, ℓ2, debiased ℓ2, ACE, classwise, smooth ECE), NLL,
     Brier and accuracy, with the per-bin table; a CI gate.
@@ -166,11 +146,7 @@ def ece(
         if max_increase is not None and baseline_path is None:
             raise InputError("--max-increase needs --baseline OLD.json (an earlier `calibscope ece --json` output)")
         base = read_baseline(Path(baseline_path)) if baseline_path is not None else None
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
-                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
-                                       defaults=defaults)
+        session = session_from_options(data=data, defaults=defaults, **options)
         models = model_refs(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         results = [run_calibration(session, ref, settings, name=name, baseline=base, n_results=len(models))
                    for name, ref in models]

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    DeviceOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LimitOpt,
     LogOpt,
-    MeanOpt,
-    OutputOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    device_option,
+    with_options,
 )
 from calibscope.diagnostics.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -34,6 +28,7 @@ from calibscope.diagnostics.defaults import (
 )
 
 
+@with_options(checkpoint_options, device_option, data_options)
 def hessian(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more model checkpoints (.pt2, TorchScript, state_dict, safetensors), compared side "
@@ -73,19 +68,9 @@ def hessian(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plot: hessian_eigenvalues."
                                     "png/.svg; numbers: hessian.json.", show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", help="Examples per batch of the "
                                    "Hessian-vector products (bounds memory)."),
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
+    **options: Any,
 ) -> None:
     """Top Hessian eigenvalues λ1…λk of the training loss, λ1/λk, and the Hutchinson trace.
 
@@ -117,10 +102,7 @@ def hessian(
                                    params=params, bn=bn, trace_samples=trace_samples, trace_method=trace_method,
                                    trace_hvps=trace_hvps, per_layer=per_layer,
                                    density=density, batch_size=batch_size)
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, device=device, mean=mean, std=std,
-                                       no_cache=True, defaults=project_defaults())
+        session = session_from_options(data=data, no_cache=True, defaults=project_defaults(), **options)
         results = run_hessian(session, checkpoints, settings, names=display_names(checkpoints))
         doc = hessian_view.document(results)
         trackers.log_run(log, name="hessian", document=doc)

@@ -4,25 +4,19 @@ and along the straight line to a second model."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    DeviceOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LimitOpt,
     LogOpt,
-    MeanOpt,
-    OutputOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    device_option,
+    with_options,
 )
 from calibscope.diagnostics.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -33,6 +27,7 @@ from calibscope.diagnostics.defaults import (
 )
 
 
+@with_options(checkpoint_options, device_option, data_options)
 def landscape(
     checkpoint: Path = typer.Argument(..., help="Model A (.pt2, TorchScript, state_dict + --arch, safetensors): "
                                       "the surface is drawn around it.", show_default=False),
@@ -55,19 +50,9 @@ def landscape(
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Plots: landscape.png/.svg and "
                                     "(with B) landscape_line.png/.svg; numbers: landscape.json.",
                                     show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", help="Examples per batch of each "
                                    "loss evaluation (bounds memory)."),
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
+    **options: Any,
 ) -> None:
     """Training loss around a model along filter-normalised random directions, and along the line to another.
 
@@ -98,10 +83,7 @@ def landscape(
 
         settings = LandscapeSettings(dimensions=dimensions, span=span, steps=steps, line_steps=line_steps,
                                      examples=examples, seed=seed, batch_size=batch_size)
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust, prefix=prefix, output=output,
-                                       device=device, mean=mean, std=std, no_cache=True,
-                                       defaults=project_defaults())
+        session = session_from_options(data=data, no_cache=True, defaults=project_defaults(), **options)
         shown = display_names([checkpoint] + ([other] if other is not None else []))
         progress = view.Progress()
         try:

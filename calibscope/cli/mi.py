@@ -14,13 +14,14 @@ from calibscope.cli._common import (
     checkpoint_options,
     cli_errors,
     data_options,
+    device_option,
     inference_options,
     with_options,
 )
 from calibscope.workflows.mi import DEFAULT_DRAWS, DEFAULT_EXAMPLES, DEFAULT_REPETITIONS
 
 
-@with_options(checkpoint_options, inference_options, data_options)
+@with_options(checkpoint_options, device_option, inference_options, data_options)
 def mi(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more model checkpoints (.pt2, TorchScript, state_dict, safetensors), e.g. "

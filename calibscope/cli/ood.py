@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,12 +14,8 @@ from calibscope.cli._common import (
     HELP_SHRINKAGE,
     HELP_TEMPERATURE,
     HELP_TRAIN,
-    ArchKwargsOpt,
-    ArchOpt,
     AshPercentileOpt,
     AshVariantOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     EnsembleOpt,
     GradnormTemperatureOpt,
     GramLayersOpt,
@@ -26,25 +23,22 @@ from calibscope.cli._common import (
     GramSeedOpt,
     JsonOpt,
     KnnKOpt,
-    LabelColumnOpt,
-    LabelsOpt,
     LogOpt,
     McDropoutOpt,
     McSeedOpt,
-    MeanOpt,
-    NoCacheOpt,
     OdinEpsilonOpt,
     OdinTemperatureOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
     ReactPercentileOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
     ValOpt,
     VimDimOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    device_option,
+    inference_options,
+    labels_option,
+    with_options,
 )
 from calibscope.diagnostics.defaults import (
     DEFAULT_ASH_PERCENTILE,
@@ -59,6 +53,7 @@ from calibscope.diagnostics.defaults import (
 from calibscope.workflows.ood import DEFAULT_HISTOGRAM_BINS, DEFAULT_SHRINKAGE, DEFAULT_TPR
 
 
+@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
 def ood(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or a logits file of the "
@@ -98,22 +93,7 @@ def ood(
     ensemble: EnsembleOpt = False,
     mc_dropout: McDropoutOpt = None,
     seed: McSeedOpt = 0,
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of each dataset.",
-                                     show_default=False),
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Out-of-distribution detection: AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR of each confidence score.
 
@@ -161,11 +141,7 @@ def ood(
                                    odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
                                    gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
                                    gram_layers=gram_layers, gram_seed=gram_seed))
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, labels=labels, device=device, precision=precision,
-                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
-                                       defaults=project_defaults(), layer=layer)
+        session = session_from_options(data=data, defaults=project_defaults(), layer=layer, **options)
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         result = run_ood(session, model, settings, ood_data=ood_data, train=train, val=val, name=name)
         doc = ood_view.document(result)

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from calibscope.cli._common import (
     HELP,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchSizeOpt,
-    DeviceOpt,
     JsonOpt,
-    LabelColumnOpt,
-    LimitOpt,
     LogOpt,
-    MeanOpt,
-    NoCacheOpt,
-    OutputOpt,
-    PrecisionOpt,
-    PrefixOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
+    cache_option,
+    checkpoint_options,
     cli_errors,
+    data_options,
+    device_option,
+    inference_options,
+    with_options,
 )
 from calibscope.workflows.projection import DEFAULT_PER_CLASS
 
 
+@with_options(checkpoint_options, device_option, inference_options, data_options, cache_option)
 def project(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more model checkpoints (.pt2, safetensors with arch metadata, state_dict + --arch), "
@@ -55,20 +49,7 @@ def project(
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Figure: projection.png/.svg; "
                                     "numbers and coordinates: projection.json.", show_default=False),
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    trust: TrustOpt = False,
-    prefix: PrefixOpt = None,
-    output: OutputOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    batch_size: BatchSizeOpt = None,
-    limit: LimitOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    split: SplitOpt = None,
-    label_column: LabelColumnOpt = None,
-    no_cache: NoCacheOpt = False,
+    **options: Any,
 ) -> None:
     """Penultimate-layer activations projected onto the plane through three class templates.
 
@@ -100,11 +81,7 @@ def project(
         from calibscope.workflows.projection import ProjectionSettings, run_projection
 
         settings = ProjectionSettings(classes=classes, per_class=per_class, paper_layout=paper_layout)
-        session = session_from_options(data=data, split=split, label_column=label_column, limit=limit, arch=arch,
-                                       arch_kwargs=arch_kwargs, trust=trust,
-                                       prefix=prefix, output=output, device=device, precision=precision,
-                                       batch_size=batch_size, mean=mean, std=std, no_cache=no_cache,
-                                       defaults=project_defaults(), layer=layer)
+        session = session_from_options(data=data, defaults=project_defaults(), layer=layer, **options)
         run = run_projection(session, checkpoints, settings, val=val, names=display_names(checkpoints))
         results = list(run.results)
         doc = view.document(results, run.choice, per_class=run.per_class, rows=run.rows)
