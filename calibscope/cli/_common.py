@@ -13,6 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
+from calibscope.diagnostics.defaults import (
+    DEFAULT_ASH_PERCENTILE,
+    DEFAULT_ASH_VARIANT,
+    DEFAULT_GRADNORM_TEMPERATURE,
+    DEFAULT_GRAM_POLES,
+    DEFAULT_KNN_K,
+    DEFAULT_ODIN_EPSILON,
+    DEFAULT_ODIN_TEMPERATURE,
+    DEFAULT_REACT_PERCENTILE,
+)
 from calibscope.errors import GateFailed, InputError
 
 STATE: dict[str, Any] = {"debug": bool(os.environ.get("CALIBSCOPE_DEBUG"))}
@@ -551,14 +561,30 @@ GramLayersOpt = Annotated[str | None, typer.Option("--gram-layers", help="gram: 
 GramSeedOpt = Annotated[int, typer.Option("--gram-seed", help="gram: seed of the held-out split (without --val).")]
 
 
-def detector_settings(*, knn_k, vim_dim, react_percentile, ash_variant, ash_percentile, odin_temperature,
-                      odin_epsilon, gradnorm_temperature, gram_poles, gram_layers, gram_seed):
-    """The detector options as :class:`~calibscope.workflows.ood_scores.DetectorSettings`."""
+def detector_options(
+    knn_k: KnnKOpt = DEFAULT_KNN_K, vim_dim: VimDimOpt = None,
+    react_percentile: ReactPercentileOpt = DEFAULT_REACT_PERCENTILE, ash_variant: AshVariantOpt = DEFAULT_ASH_VARIANT,
+    ash_percentile: AshPercentileOpt = DEFAULT_ASH_PERCENTILE,
+    odin_temperature: OdinTemperatureOpt = DEFAULT_ODIN_TEMPERATURE,
+    odin_epsilon: OdinEpsilonOpt = DEFAULT_ODIN_EPSILON,
+    gradnorm_temperature: GradnormTemperatureOpt = DEFAULT_GRADNORM_TEMPERATURE,
+    gram_poles: GramPolesOpt = DEFAULT_GRAM_POLES, gram_layers: GramLayersOpt = None, gram_seed: GramSeedOpt = 0,
+) -> None:
+    """The post-hoc detectors' hyper-parameters (an option group of ood and selective)."""
+
+
+def detector_settings(options: dict[str, Any]):
+    """Take the :func:`detector_options` out of a command's ``options`` as
+    :class:`~calibscope.workflows.ood_scores.DetectorSettings` (the rest stays for the session)."""
+    import inspect
+
     from calibscope.workflows.ood_scores import DetectorSettings
 
+    o = {name: options.pop(name) for name in inspect.signature(detector_options).parameters}
+    gram_layers = o["gram_layers"]
     layers = None if gram_layers is None else tuple(x.strip() for x in gram_layers.split(",") if x.strip())
-    return DetectorSettings(knn_k=knn_k, vim_dim=vim_dim, react_percentile=react_percentile,
-                            ash_variant=ash_variant.strip().lower(), ash_percentile=ash_percentile,
-                            odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
-                            gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
-                            gram_layers=layers, seed=gram_seed)
+    return DetectorSettings(knn_k=o["knn_k"], vim_dim=o["vim_dim"], react_percentile=o["react_percentile"],
+                            ash_variant=o["ash_variant"].strip().lower(), ash_percentile=o["ash_percentile"],
+                            odin_temperature=o["odin_temperature"], odin_epsilon=o["odin_epsilon"],
+                            gradnorm_temperature=o["gradnorm_temperature"], gram_poles=o["gram_poles"],
+                            gram_layers=layers, seed=o["gram_seed"])

@@ -14,47 +14,22 @@ from calibscope.cli._common import (
     HELP_SHRINKAGE,
     HELP_TEMPERATURE,
     HELP_TRAIN,
-    AshPercentileOpt,
-    AshVariantOpt,
+    MODEL_OPTIONS,
     EnsembleOpt,
-    GradnormTemperatureOpt,
-    GramLayersOpt,
-    GramPolesOpt,
-    GramSeedOpt,
     JsonOpt,
-    KnnKOpt,
     LogOpt,
     McDropoutOpt,
     McSeedOpt,
-    OdinEpsilonOpt,
-    OdinTemperatureOpt,
-    ReactPercentileOpt,
     ValOpt,
-    VimDimOpt,
-    cache_option,
-    checkpoint_options,
     cli_errors,
-    data_options,
-    device_option,
-    inference_options,
-    labels_option,
+    detector_options,
     with_options,
-)
-from calibscope.diagnostics.defaults import (
-    DEFAULT_ASH_PERCENTILE,
-    DEFAULT_ASH_VARIANT,
-    DEFAULT_GRADNORM_TEMPERATURE,
-    DEFAULT_GRAM_POLES,
-    DEFAULT_KNN_K,
-    DEFAULT_ODIN_EPSILON,
-    DEFAULT_ODIN_TEMPERATURE,
-    DEFAULT_REACT_PERCENTILE,
 )
 from calibscope.workflows.ood import DEFAULT_SHRINKAGE
 from calibscope.workflows.selective import DEFAULT_COVERAGES, DEFAULT_SCORES
 
 
-@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
+@with_options(detector_options, *MODEL_OPTIONS)
 def selective(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "
@@ -73,17 +48,6 @@ def selective(
     val: ValOpt = None,
     shrinkage: str = typer.Option(DEFAULT_SHRINKAGE, "--shrinkage", help=HELP_SHRINKAGE),
     layer: str | None = typer.Option(None, "--layer", help=HELP_LAYER, show_default=False),
-    knn_k: KnnKOpt = DEFAULT_KNN_K,
-    vim_dim: VimDimOpt = None,
-    react_percentile: ReactPercentileOpt = DEFAULT_REACT_PERCENTILE,
-    ash_variant: AshVariantOpt = DEFAULT_ASH_VARIANT,
-    ash_percentile: AshPercentileOpt = DEFAULT_ASH_PERCENTILE,
-    odin_temperature: OdinTemperatureOpt = DEFAULT_ODIN_TEMPERATURE,
-    odin_epsilon: OdinEpsilonOpt = DEFAULT_ODIN_EPSILON,
-    gradnorm_temperature: GradnormTemperatureOpt = DEFAULT_GRADNORM_TEMPERATURE,
-    gram_poles: GramPolesOpt = DEFAULT_GRAM_POLES,
-    gram_layers: GramLayersOpt = None,
-    gram_seed: GramSeedOpt = 0,
     json_: JsonOpt = False,
     log: LogOpt = None,
     out: Path | None = typer.Option(None, "--out", "-o", help=HELP["out"] + " Risk–coverage curve: "
@@ -130,12 +94,7 @@ def selective(
         settings = SelectiveSettings(scores=score, coverages=parse_floats(coverage, "coverage"),
                                      target_risk=target_risk, temperature=parse_temperature(temperature),
                                      shrinkage=parse_shrinkage(shrinkage),
-                                     detectors=detector_settings(
-                                         knn_k=knn_k, vim_dim=vim_dim, react_percentile=react_percentile,
-                                         ash_variant=ash_variant, ash_percentile=ash_percentile,
-                                         odin_temperature=odin_temperature, odin_epsilon=odin_epsilon,
-                                         gradnorm_temperature=gradnorm_temperature, gram_poles=gram_poles,
-                                         gram_layers=gram_layers, gram_seed=gram_seed))
+                                     detectors=detector_settings(options))
         session = session_from_options(data=data, defaults=project_defaults(), layer=layer, **options)
         name, model = one_model(checkpoints, ensemble=ensemble, mc_dropout=mc_dropout, seed=seed)
         result = run_selective(session, model, settings, train=train, val=val, name=name)
