@@ -151,6 +151,16 @@ def transactional_outputs(*, commit_if: Callable[[BaseException], bool] = lambda
                 signal.signal(signal.SIGTERM, previous)
 
 
+def output_folder(out: str | os.PathLike[str]) -> Path:
+    """:func:`make_folder` for a command's ``--out``: a folder that cannot be made is a one-line input error."""
+    from calibscope.errors import InputError
+
+    try:
+        return make_folder(out)
+    except OSError as exc:
+        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+
+
 def make_folder(folder: str | os.PathLike[str]) -> Path:
     """``mkdir -p`` that an output set undoes (if the folders stay empty) when the command fails."""
     folder = Path(folder)

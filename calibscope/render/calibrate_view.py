@@ -149,15 +149,6 @@ def comparison_figure(result):
 
 def write_outputs(out: Path, result, doc: dict[str, Any]) -> list[Path]:
     """``out/calibrate.json`` and ``out/calibrators.png|svg`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text, make_folder
-    from calibscope.render.figures import save_figure
-    from calibscope.render.json_doc import dumps
+    from calibscope.render.figures import write_output_set
 
-    try:
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
-    written = list(save_figure(comparison_figure(result), out / "calibrators"))
-    written.append(atomic_write_text(out / "calibrate.json", dumps(doc) + "\n"))
-    return written
+    return write_output_set(out, {"calibrators": comparison_figure(result)}, "calibrate.json", doc)

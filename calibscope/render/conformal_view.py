@@ -150,17 +150,6 @@ def figures(result: ConformalResult) -> dict[str, Figure]:
 
 def write_outputs(out: Path, result: ConformalResult, doc: dict[str, Any]) -> list[Path]:
     """``out/conformal.json`` and ``out/conformal_coverage.png|svg`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text, make_folder
-    from calibscope.render.figures import save_figure
-    from calibscope.render.json_doc import dumps
+    from calibscope.render.figures import write_output_set
 
-    try:
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
-    written: list[Path] = []
-    for stem, fig in figures(result).items():
-        written += save_figure(fig, out / stem)
-    written.append(atomic_write_text(out / "conformal.json", dumps(doc) + "\n"))
-    return written
+    return write_output_set(out, figures(result), "conformal.json", doc)

@@ -134,19 +134,9 @@ def entropy_figure(result):
 
 def write_outputs(out: Path, result, doc: dict[str, Any]) -> list[Path]:
     """``out/distill.json``, ``out/soft_targets_NAME.png|svg`` per teacher, ``out/non_target_entropy.png|svg``."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text, make_folder
-    from calibscope.render.figures import save_figure
-    from calibscope.render.json_doc import dumps
+    from calibscope.render.figures import write_output_set
 
-    try:
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
-    written: list[Path] = []
-    for name in result.teachers:
-        stem = "soft_targets_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)
-        written += save_figure(soft_target_figure(result, name), out / stem)
-    written += save_figure(entropy_figure(result), out / "non_target_entropy")
-    written.append(atomic_write_text(out / "distill.json", dumps(doc) + "\n"))
-    return written
+    figs = {"soft_targets_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem):
+            soft_target_figure(result, name) for name in result.teachers}
+    figs["non_target_entropy"] = entropy_figure(result)
+    return write_output_set(out, figs, "distill.json", doc)

@@ -65,14 +65,9 @@ def _slug(name: str) -> str:
 
 
 def _ensure_dir(out: Path) -> None:
-    from calibscope.errors import InputError
+    from calibscope.render.atomic import output_folder
 
-    try:
-        from calibscope.render.atomic import make_folder
-
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+    output_folder(out)
 
 
 def _parent_dir(path: Path) -> None:

@@ -244,3 +244,17 @@ def save_figure(
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_STABLE_METADATA.get(fmt))
         written.append(path)
     return written
+
+
+def write_output_set(out: Path, figures: dict[str, Figure], json_name: str, doc: dict) -> list[Path]:
+    """A command's ``--out`` folder: each figure as ``out/<stem>.png|svg`` and the JSON document as
+    ``out/<json_name>``, every file written atomically; returns the paths written."""
+    from calibscope.render.atomic import atomic_write_text, output_folder
+    from calibscope.render.json_doc import dumps
+
+    output_folder(out)
+    written: list[Path] = []
+    for stem, fig in figures.items():
+        written += save_figure(fig, out / stem)
+    written.append(atomic_write_text(out / json_name, dumps(doc) + "\n"))
+    return written

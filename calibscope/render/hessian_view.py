@@ -153,17 +153,11 @@ def densities_figure(results: list[HessianResult], *, figsize: tuple[float, floa
 def write_outputs(out: Path, results: list[HessianResult], doc: dict[str, Any]) -> list[Path]:
     """``out/hessian.json``, ``out/hessian_eigenvalues.png|svg`` and, with ``--density``,
     ``out/hessian_density.png|svg`` (every checkpoint's density side by side; atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text
+    from calibscope.render.atomic import atomic_write_text, output_folder
     from calibscope.render.figures import save_figure
     from calibscope.render.json_doc import dumps
 
-    try:
-        from calibscope.render.atomic import make_folder
-
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+    output_folder(out)
     written = save_figure(eigenvalue_figure(results), out / "hessian_eigenvalues")
     if any(r.spectrum.density is not None for r in results):
         written += save_figure(densities_figure(results), out / "hessian_density")

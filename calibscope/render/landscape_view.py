@@ -156,20 +156,12 @@ def line_figure(r: LandscapeResult, *, figsize: tuple[float, float] = (5.0, 3.6)
 def write_outputs(out: Path, r: LandscapeResult, doc: dict[str, Any]) -> list[Path]:
     """``out/landscape.png|svg`` (the surface), with B ``out/landscape_line.png|svg``, and
     ``out/landscape.json`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text, make_folder
-    from calibscope.render.figures import save_figure
-    from calibscope.render.json_doc import dumps
+    from calibscope.render.figures import write_output_set
 
-    try:
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
-    written = save_figure(surface_figure(r), out / "landscape")
+    figs = {"landscape": surface_figure(r)}
     if r.line is not None:
-        written += save_figure(line_figure(r), out / "landscape_line")
-    written.append(atomic_write_text(out / "landscape.json", dumps(doc) + "\n"))
-    return written
+        figs["landscape_line"] = line_figure(r)
+    return write_output_set(out, figs, "landscape.json", doc)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -211,17 +211,11 @@ def mi_figure(
 
 def write_outputs(out: Path, results: Sequence[MiResult], settings: MiMeasurement, doc: dict[str, Any]) -> list[Path]:
     """``out/mi.png``, ``out/mi.svg`` (Î against checkpoint) and ``out/mi.json`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text
+    from calibscope.render.atomic import atomic_write_text, output_folder
     from calibscope.render.figures import save_figure
     from calibscope.render.json_doc import dumps
 
-    try:
-        from calibscope.render.atomic import make_folder
-
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+    output_folder(out)
     written = save_figure(mi_figure(results, settings), out / "mi")
     written.append(atomic_write_text(out / "mi.json", dumps(doc) + "\n"))
     return written

@@ -246,19 +246,6 @@ def figures(result: OodResult) -> dict[str, Figure]:
 
 def write_outputs(out: Path, result: OodResult, doc: dict[str, Any]) -> list[Path]:
     """``out/ood.json``, ``out/ood_roc.png|svg`` and ``out/ood_scores.png|svg`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text
-    from calibscope.render.figures import save_figure
-    from calibscope.render.json_doc import dumps
+    from calibscope.render.figures import write_output_set
 
-    try:
-        from calibscope.render.atomic import make_folder
-
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
-    written: list[Path] = []
-    for stem, fig in figures(result).items():
-        written += save_figure(fig, out / stem)
-    written.append(atomic_write_text(out / "ood.json", dumps(doc) + "\n"))
-    return written
+    return write_output_set(out, figures(result), "ood.json", doc)

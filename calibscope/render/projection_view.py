@@ -290,17 +290,11 @@ def write_outputs(out: Path, results: Sequence[ProjectionResult], choice: ClassC
                   doc: dict[str, Any], *, shared_scale: bool = False, rows: Sequence[Any] | None = None) -> list[Path]:
     """``out/projection.png|svg`` (all checkpoints in one figure; the paper layout with ``rows``) and
     ``out/projection.json`` (atomic writes)."""
-    from calibscope.errors import InputError
-    from calibscope.render.atomic import atomic_write_text
+    from calibscope.render.atomic import atomic_write_text, output_folder
     from calibscope.render.figures import save_figure
     from calibscope.render.json_doc import dumps
 
-    try:
-        from calibscope.render.atomic import make_folder
-
-        make_folder(out)
-    except OSError as exc:
-        raise InputError(f"cannot create the output directory '{out}': {exc.strerror or exc}") from None
+    output_folder(out)
     fig = paper_layout_figure(rows, shared_scale=shared_scale) if rows else \
         projection_figure(results, choice, shared_scale=shared_scale)
     written = save_figure(fig, out / "projection")
