@@ -9,23 +9,18 @@ import typer
 
 from calibscope.cli._common import (
     HELP,
+    MODEL_OPTIONS,
     EnsembleOpt,
     JsonOpt,
     LogOpt,
     McDropoutOpt,
-    cache_option,
-    checkpoint_options,
     cli_errors,
-    data_options,
-    device_option,
-    inference_options,
-    labels_option,
     with_options,
 )
 from calibscope.workflows.conformal import DEFAULT_ALPHA, DEFAULT_METHOD
 
 
-@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
+@with_options(*MODEL_OPTIONS)
 def conformal(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits "

@@ -10,25 +10,20 @@ import typer
 
 from calibscope.cli._common import (
     HELP,
+    MODEL_OPTIONS,
     EnsembleOpt,
     FormatOpt,
     JsonOpt,
     LogOpt,
     McDropoutOpt,
-    cache_option,
-    checkpoint_options,
     cli_errors,
-    data_options,
-    device_option,
-    inference_options,
-    labels_option,
     with_options,
 )
 from calibscope.diagnostics.defaults import DEFAULT_BAND_LEVEL, DEFAULT_BAND_RESAMPLES, DEFAULT_BINS
 from calibscope.workflows.calibration import DEFAULT_NORM
 
 
-@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
+@with_options(*MODEL_OPTIONS)
 def ece(
     checkpoints: list[Path] = typer.Argument(
         ..., help="One or more checkpoints (.pt2, TorchScript, state_dict, safetensors, logits file), "

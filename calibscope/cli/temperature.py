@@ -10,25 +10,20 @@ import typer
 
 from calibscope.cli._common import (
     HELP,
+    MODEL_OPTIONS,
     EnsembleOpt,
     JsonOpt,
     LogOpt,
     McDropoutOpt,
     McSeedOpt,
-    cache_option,
-    checkpoint_options,
     cli_errors,
-    data_options,
-    device_option,
-    inference_options,
-    labels_option,
     with_options,
 )
 from calibscope.diagnostics.defaults import DEFAULT_BINS
 from calibscope.workflows.temperature import DEFAULT_OBJECTIVE
 
 
-@with_options(checkpoint_options, labels_option, device_option, inference_options, data_options, cache_option)
+@with_options(*MODEL_OPTIONS)
 def temperature(
     checkpoints: list[Path] = typer.Argument(
         ..., help="Checkpoint (.pt2, TorchScript, state_dict, safetensors) or logits file to fit a "

@@ -109,6 +109,30 @@ def _sniff_zip(p: Path) -> Kind:
     return "unknown"
 
 
+def read_json_file(path: Path | str, what: str, *, missing: str, expected: str, max_bytes: int = 64 << 20) -> Any:
+    """A small JSON document that calibscope wrote earlier (a baseline, a temperature or calibrator file).
+
+    Every way it can fail is a one-line :class:`InputError` naming ``what`` (e.g. ``"the baseline"``): missing
+    (with the hint ``missing``, e.g. how to write one), unreadable, larger than ``max_bytes``, not JSON, or
+    nested too deeply to be ``expected`` (what it should be, e.g. "a `calibscope ece --json` document")."""
+    import json
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise InputError(f"{what} '{p}' is {size} bytes; {expected} is at most {max_bytes >> 20} MiB")
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} '{p}' not found ({missing})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} '{p}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} '{p}': {exc}") from None
+    except RecursionError:
+        raise InputError(f"{what} '{p}' is nested too deeply to be {expected}") from None
+
+
 def file_sha256(path: Path | str, *, chunk: int = 1 << 20) -> str:
     """SHA-256 of the file's bytes (or of a directory's sorted file names and bytes)."""
     p = Path(path)

@@ -294,15 +294,9 @@ def _Calibrated(model, calibrator):  # noqa: N802 - the module class is built he
 def read_calibrator(path: Path | str):
     """A calibrator file written by ``calibscope calibrate -o FILE.json`` (at most 64 MiB), validated."""
     from calibscope.diagnostics.calibrators import calibrator_from_dict
+    from calibscope.loading.files import read_json_file
 
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > 64 << 20:
-            raise InputError(f"'{p}' is {size} bytes; a calibrator file is at most 64 MiB")
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"calibrator file '{p}' does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"'{p}' is not a readable JSON calibrator file ({' '.join(str(exc).split())[:120]})") from None
+    doc = read_json_file(p, "the calibrator file", expected="a calibrator file",
+                         missing="write one with `calibscope calibrate ... -o FILE.json`")
     return calibrator_from_dict(doc, where=f"'{p}'")

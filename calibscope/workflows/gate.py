@@ -139,23 +139,13 @@ class Baseline:
 def read_baseline(path: Path) -> Baseline:
     """Read an earlier ``calibscope ece --json`` document (``--baseline``); InputError with the reason if it
     cannot be used."""
-    import json
 
     from calibscope.errors import InputError
+    from calibscope.loading.files import read_json_file
     from calibscope.render.json_doc import SCHEMA_VERSION
 
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"baseline '{path}' not found (create it with `calibscope ece ... --json > {path}` on "
-                         "the reference model)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the baseline '{path}': {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"the baseline '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise InputError(f"the baseline '{path}' is nested too deeply to be a `calibscope ece --json` "
-                         "document") from None
+    doc = read_json_file(path, "the baseline", expected="a `calibscope ece --json` document",
+                         missing=f"create it with `calibscope ece ... --json > {path}` on the reference model")
     if not isinstance(doc, dict) or doc.get("schema") != "calibscope/ece":
         schema = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"the baseline '{path}' is not a `calibscope ece --json` document (schema {schema!r})")

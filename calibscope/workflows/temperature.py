@@ -81,7 +81,6 @@ def _check_temperature(value: Any, where: str) -> float:
 
 def temperature_option(temperature: float | None, temperature_from: Path | None) -> FixedTemperature | None:
     """Validate ``--temperature`` / ``--temperature-from`` (InputError on T ≤ 0, NaN, both given, bad file)."""
-    import json
 
     if temperature is not None and temperature_from is not None:
         raise InputError("give either --temperature or --temperature-from, not both")
@@ -89,18 +88,11 @@ def temperature_option(temperature: float | None, temperature_from: Path | None)
         return FixedTemperature(_check_temperature(temperature, "--temperature"), "--temperature")
     if temperature_from is None:
         return None
-    try:
-        doc = json.loads(Path(temperature_from).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"temperature file '{temperature_from}' not found (write one with `calibscope "
-                         "temperature ... --save-temperature FILE`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the temperature file '{temperature_from}': {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"the temperature file '{temperature_from}' is not valid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise InputError(f"the temperature file '{temperature_from}' is nested too deeply to be one written by "
-                         "`calibscope temperature --save-temperature`") from None
+    from calibscope.loading.files import read_json_file
+
+    doc = read_json_file(temperature_from, "the temperature file",
+                         expected="one written by `calibscope temperature --save-temperature`",
+                         missing="write one with `calibscope temperature ... --save-temperature FILE`")
     if not isinstance(doc, dict) or "temperature" not in doc:
         raise InputError(f"the temperature file '{temperature_from}' has no top-level \"temperature\" number")
     value = _check_temperature(doc["temperature"], f"\"temperature\" in '{temperature_from}'")
