@@ -706,20 +706,43 @@ def roc_curve(in_scores: torch.Tensor, out_scores: torch.Tensor, *, drop_interme
 
 @dataclass(frozen=True)
 class ScoreHistogram:
-    """Counts of in-distribution and OOD scores in ``len(edges) - 1`` shared equal-width bins.
+    """Counts of in-distribution and OOD scores in ``len(edges) - 1`` shared bins.
 
-    Bins are ``[edges[m], edges[m+1])``, the last one closed (``numpy.histogram``'s convention).
+    Bins are ``[edges[m], edges[m+1])``, the last one closed (``numpy.histogram``'s convention). ``scale`` says
+    how the edges are spaced: ``"linear"`` (equal width) or ``"symlog"`` (equal width on a symmetric-log axis
+    with linear range ``±linthresh``, matplotlib's ``symlog`` scale with base 10 and linscale 1).
     """
 
     edges: tuple[float, ...]
     in_counts: tuple[int, ...]
     out_counts: tuple[int, ...]
+    scale: str = "linear"
+    linthresh: float | None = None
 
 
-def score_histogram(in_scores: torch.Tensor, out_scores: torch.Tensor, *, n_bins: int = 50) -> ScoreHistogram:
-    """Histograms of both score sets on common equal-width bins spanning all scores (as ``numpy.histogram``).
+_SYMLOG_ADJ = 1.0 / (1.0 - 1.0 / 10.0)  # matplotlib's linscale / (1 - 1/base) for linscale 1, base 10
 
-    If every score is equal the range is ``[s - 0.5, s + 0.5]`` (numpy's rule).
+
+def _symlog(x: torch.Tensor, c: float) -> torch.Tensor:
+    a = x.abs()
+    return torch.where(a <= c, x * _SYMLOG_ADJ, torch.sign(x) * c * (_SYMLOG_ADJ + torch.log10(a.clamp_min(c) / c)))
+
+
+def _symlog_inverse(y: torch.Tensor, c: float) -> torch.Tensor:
+    a = y.abs()
+    return torch.where(a <= c * _SYMLOG_ADJ, y / _SYMLOG_ADJ, torch.sign(y) * c * 10.0 ** (a / c - _SYMLOG_ADJ))
+
+
+def score_histogram(in_scores: torch.Tensor, out_scores: torch.Tensor, *, n_bins: int = 50,
+                    heavy: float = 20.0) -> ScoreHistogram:
+    """Histograms of both score sets on common bins spanning all scores (as ``numpy.histogram``).
+
+    The bins have equal width, unless the scores are heavy-tailed: when the full range is more than ``heavy``
+    times the range of the central 98 % of the in-distribution scores (their 1st–99th percentile order
+    statistics; e.g. Gram deviations, where OOD inputs deviate by thousands and every in-distribution score
+    would fall into one bin), the bins have equal width on a symmetric-log axis whose linear part is that
+    central range (``scale="symlog"``). If every score is equal the range is ``[s - 0.5, s + 0.5]`` (numpy's
+    rule).
     """
     _validate_pair(in_scores, out_scores)
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
@@ -730,14 +753,26 @@ def score_histogram(in_scores: torch.Tensor, out_scores: torch.Tensor, *, n_bins
     lo, hi = float(both.min()), float(both.max())
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    edges = lo + (hi - lo) * torch.arange(n_bins + 1, dtype=_F64, device=both.device) / n_bins
+    ordered = in_scores.to(_F64).sort().values
+    last = ordered.numel() - 1
+    central = float(ordered[math.ceil(0.99 * last)] - ordered[math.floor(0.01 * last)]) if last >= 0 else 0.0
+    steps = torch.arange(n_bins + 1, dtype=_F64, device=both.device) / n_bins
+    scale, linthresh = "linear", None
+    if central > 0 and hi - lo > heavy * central:
+        scale, linthresh = "symlog", central
+        y_lo, y_hi = (float(_symlog(torch.tensor(v, dtype=_F64), central)) for v in (lo, hi))
+        edges = _symlog_inverse(y_lo + (y_hi - y_lo) * steps, central)
+        edges[0] = lo
+    else:
+        edges = lo + (hi - lo) * steps
     edges[-1] = hi
 
     def counts(s: torch.Tensor) -> tuple[int, ...]:
         index = torch.bucketize(s.to(_F64), edges[1:-1], right=True)  # [e_m, e_{m+1}); max → last bin
         return tuple(int(c) for c in torch.bincount(index, minlength=int(n_bins)).tolist())
 
-    return ScoreHistogram(edges=tuple(edges.tolist()), in_counts=counts(in_scores), out_counts=counts(out_scores))
+    return ScoreHistogram(edges=tuple(edges.tolist()), in_counts=counts(in_scores), out_counts=counts(out_scores),
+                          scale=scale, linthresh=linthresh)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -222,6 +222,11 @@ def score_histogram_figure(report: OodReport, *, title: str | None = None,
         ax.axvline(m.threshold_at_tpr, color="0.2", linestyle="--", linewidth=0.9,
                    label=f"TPR {100 * m.tpr_level:g} % threshold")
         ax.set_title(f"{_label(r.score)}: AUROC {m.auroc:.3f}, FPR {m.fpr_at_tpr:.3f}", fontsize="small")
+        if h.scale == "symlog":  # heavy tails (e.g. Gram deviations): equal-width bins on this axis
+            ax.set_xscale("symlog", linthresh=h.linthresh, linscale=1.0, base=10)
+            ax.set_xlim(h.edges[0], h.edges[-1])
+            ax.text(0.02, 0.97, f"symlog axis (linear within ±{h.linthresh:.3g}): heavy tail", transform=ax.transAxes,
+                    ha="left", va="top", fontsize="xx-small", color="0.3")
         ax.set_xlabel("score (higher = more in-distribution)", fontsize="small")
         ax.set_ylabel("share of examples", fontsize="small")
         ax.tick_params(labelsize="x-small")

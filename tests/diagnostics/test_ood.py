@@ -108,6 +108,28 @@ def test_histogram_equals_numpy():
     np.testing.assert_array_equal(h.out_counts, np.histogram(s_out, bins=edges)[0])
     flat = score_histogram(torch.ones(3), torch.ones(2), n_bins=4)
     assert flat.edges[0] == 0.5 and flat.edges[-1] == 1.5 and sum(flat.in_counts) == 3
+    assert h.scale == "linear"  # light tails: equal-width bins
+
+
+def test_heavy_tailed_histogram_has_symlog_bins():
+    import matplotlib.scale
+
+    g = np.random.default_rng(4)  # Gram-like: in-distribution deviations near 0, OOD ones up to thousands
+    s_in = -np.abs(g.normal(0, 1, 900))
+    s_out = np.r_[-np.abs(g.normal(0, 3, 300)), -g.uniform(20, 2500, 200)]
+    h = score_histogram(torch.from_numpy(s_in), torch.from_numpy(s_out), n_bins=30)
+    srt = np.sort(s_in)
+    central = srt[int(np.ceil(0.99 * (len(srt) - 1)))] - srt[int(np.floor(0.01 * (len(srt) - 1)))]
+    assert h.scale == "symlog" and h.linthresh == pytest.approx(central, rel=1e-12)
+    edges = np.asarray(h.edges)
+    lo, hi = min(s_in.min(), s_out.min()), max(s_in.max(), s_out.max())
+    assert edges[0] == lo and edges[-1] == hi and np.all(np.diff(edges) > 0)
+    # equal width on matplotlib's symlog axis with the same linthresh
+    transform = matplotlib.scale.SymmetricalLogScale(None, base=10, linthresh=h.linthresh, linscale=1).get_transform()
+    widths = np.diff(transform.transform(edges))
+    np.testing.assert_allclose(widths, widths.mean(), rtol=1e-9)
+    np.testing.assert_array_equal(h.in_counts, np.histogram(s_in, bins=edges)[0])
+    np.testing.assert_array_equal(h.out_counts, np.histogram(s_out, bins=edges)[0])
 
 
 # --------------------------------------------------------------------------------------------------------
