@@ -2,7 +2,8 @@
 sample models), cold (empty output cache) and cached, and where their time goes, in one run.
 
 * End to end: each command of the ``demo`` target (read from ``make -n demo``, so it is the Makefile's own
-  command line; a built-in copy when ``make`` is missing) as a subprocess, wall seconds. ``cold``: a fresh
+  command line; a built-in copy when ``make`` is missing) as a subprocess with the target's environment
+  (``OMP_NUM_THREADS=1`` unless set), wall seconds. ``cold``: a fresh
   ``CALIBSCOPE_CACHE_DIR`` (as after ``make setup``); ``cached``: the same commands again. Repeats alternate
   cold and cached so that machine load hits both alike; the load average is printed (the machine is shared).
 * Where the time goes: the same commands once more in a child process that wraps the workflow entry points
@@ -58,8 +59,12 @@ def with_out(argv: list[str], out: Path) -> list[str]:
     return [a.replace("demo-out", str(out)) for a in argv]
 
 
+# the environment the Makefile's demo target exports (``OMP_NUM_THREADS ?= 1``: a value already set wins)
+DEMO_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
 def run_once(argv: list[str], cache: Path, out: Path) -> float:
-    env = {**os.environ, "CALIBSCOPE_CACHE_DIR": str(cache)}
+    env = {**os.environ, **DEMO_ENV, "CALIBSCOPE_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "calibscope", *with_out(argv, out)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,7 +157,7 @@ def breakdown(commands: list[list[str]], work: Path) -> None:
     cache = work / "breakdown-cache"
     for argv in commands:
         result = work / f"{argv[0]}.json"
-        env = {**os.environ, "CALIBSCOPE_CACHE_DIR": str(cache)}
+        env = {**os.environ, **DEMO_ENV, "CALIBSCOPE_CACHE_DIR": str(cache)}
         subprocess.run([sys.executable, __file__, "--child", str(result), "--",
                         *with_out(argv, work / "breakdown-out")], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
