@@ -54,6 +54,8 @@ def wilson_interval(
         denom = 1 + z * z / n
         center = (p + z * z / (2 * n)) / denom
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        lower.append(max(0.0, center - half))
-        upper.append(min(1.0, center + half))
+        # the interval always holds p (its score statistic is 0 there); rounding could put a bound of an
+        # all-right or all-wrong count one ulp inside p, so clamp: k = n gives upper 1, k = 0 lower 0 exactly
+        lower.append(min(max(0.0, center - half), p))
+        upper.append(max(min(1.0, center + half), p))
     return tuple(lower), tuple(upper)

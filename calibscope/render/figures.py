@@ -78,8 +78,8 @@ def reliability_diagram(
     ax.hlines([bins.mean_confidence[m] for m in full], [bins.lower[m] for m in full],
               [bins.upper[m] for m in full], color=_GAP_COLOR, linewidth=1.8, label=CONFIDENCE_LABEL, zorder=3.5)
     acc = [bins.accuracy[m] for m in full]
-    ax.errorbar([centers[m] for m in full], acc, yerr=[[a - v for a, v in zip(acc, lo, strict=True)],
-                                                       [v - a for a, v in zip(acc, hi, strict=True)]],
+    ax.errorbar([centers[m] for m in full], acc, yerr=[[max(a - v, 0.0) for a, v in zip(acc, lo, strict=True)],
+                                                       [max(v - a, 0.0) for a, v in zip(acc, hi, strict=True)]],
                 fmt="none", ecolor="black", elinewidth=0.9, capsize=2, label=INTERVAL_LABEL, zorder=4)
     ax.text(0.96, 0.04, f"ECE = {report.ece:.4f}\nMCE = {report.mce:.4f}\n$n$ = {report.n:,}",
             transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
