@@ -1,6 +1,6 @@
-"""docs/json-schema.md documents every field that `calibscope calibrate`, `calibscope distill` and
-`calibscope ece --corp` write: each key of a real document (run on the shipped test logits) appears as `key` in
-that document's section, and the section states the schema version the document carries."""
+"""docs/json-schema.md documents every field that `calibscope calibrate`, `calibscope distill`,
+`calibscope landscape`, `calibscope project` and `calibscope ece --corp` write: each key of a real document (run
+on the shipped test logits or sample models) appears as `key` in that document's section, and the section states the schema version the document carries."""
 
 from __future__ import annotations
 
@@ -82,3 +82,27 @@ def test_ece_corp_fields_are_documented():
     assert doc["schema_version"] == 1
     assert _missing(corp, section) == [] and _missing(corp["brier"], section) == []
     assert _missing(corp["definition"], section) == []
+
+
+SAMPLES = ROOT / "sample_checkpoints"
+
+
+def test_landscape_document_is_documented():
+    doc = _json("landscape", SAMPLES / "digits_hard.pt2", SAMPLES / "digits_sam.pt2", "--data",
+                SAMPLES / "digits_train.npz", "--steps", "3", "--line-steps", "3", "--json")
+    section = _section("## `calibscope/landscape`, version 1")
+    assert doc["schema"] == "calibscope/landscape" and doc["schema_version"] == 1
+    assert _missing(doc, section) == []
+    assert _missing(doc["surface"], section) == [] and _missing(doc["line"], section) == []
+    assert _missing(doc["definition"], section) == []
+
+
+def test_projection_document_with_the_paper_layout_is_documented():
+    doc = _json("project", SAMPLES / "digits_hard.pt2", "--data", SAMPLES / "digits_train.npz",
+                "--paper-layout", "--json")
+    section = _section("## `calibscope/projection`, version 1")
+    assert doc["schema"] == "calibscope/projection" and doc["schema_version"] == 1
+    assert doc["layout"] == "paper" and doc["rows"]
+    assert _missing(doc, section) == [] and _missing(doc["rows"][0], section) == []
+    assert _missing(doc["results"][0], section) == [] and _missing(doc["results"][0]["splits"][0], section) == []
+    assert _missing(doc["definition"], section) == []
