@@ -1,6 +1,7 @@
 """docs/json-schema.md documents every field that `calibscope calibrate`, `calibscope distill`,
 `calibscope landscape`, `calibscope project` and `calibscope ece --corp` write: each key of a real document (run
-on the shipped test logits or sample models) appears as `key` in that document's section, and the section states the schema version the document carries."""
+on the shipped test logits or sample models) appears as `key` in that document's
+section, and the section states the schema version the document carries."""
 
 from __future__ import annotations
 
