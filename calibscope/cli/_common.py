@@ -185,6 +185,13 @@ MODEL_OPTIONS = (checkpoint_options, labels_option, device_option, inference_opt
                  cache_option)
 
 
+def option_names(*groups: Any) -> tuple[str, ...]:
+    """The parameter names of option groups (to take them out of a command's ``options``)."""
+    import inspect
+
+    return tuple(name for g in groups for name in inspect.signature(g).parameters)
+
+
 def with_options(*groups: Any) -> Any:
     """Decorator: give ``command(..., **options)`` the parameters of ``groups`` after its own, so Typer shows and
     parses them and the command receives them in ``options`` (e.g. passed on to :func:`session_from_options`).
@@ -576,11 +583,10 @@ def detector_options(
 def detector_settings(options: dict[str, Any]):
     """Take the :func:`detector_options` out of a command's ``options`` as
     :class:`~calibscope.workflows.ood_scores.DetectorSettings` (the rest stays for the session)."""
-    import inspect
 
     from calibscope.workflows.ood_scores import DetectorSettings
 
-    o = {name: options.pop(name) for name in inspect.signature(detector_options).parameters}
+    o = {name: options.pop(name) for name in option_names(detector_options)}
     gram_layers = o["gram_layers"]
     layers = None if gram_layers is None else tuple(x.strip() for x in gram_layers.split(",") if x.strip())
     return DetectorSettings(knn_k=o["knn_k"], vim_dim=o["vim_dim"], react_percentile=o["react_percentile"],

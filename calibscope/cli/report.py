@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from calibscope.cli._common import HELP, LogOpt, cli_errors, with_options
+from calibscope.cli._common import HELP, MODEL_OPTIONS, LogOpt, cli_errors, option_names, with_options
 from calibscope.diagnostics.defaults import DEFAULT_EXAMPLES, DEFAULT_TOP
 from calibscope.workflows.mi import DEFAULT_DRAWS as MI_DRAWS
 from calibscope.workflows.mi import DEFAULT_EXAMPLES as MI_EXAMPLES
@@ -69,22 +69,6 @@ _H_TOP = typer.Option(DEFAULT_TOP, "--hessian-top", help="Hessian: how many of t
 _LAYER = typer.Option(None, "--layer", help="Final linear layer whose input is the penultimate activation "
                       "(projection, Mahalanobis) \\[default: the last nn.Linear with num_classes outputs].",
                       show_default=False)
-_ARCH = typer.Option(None, "--arch", help=HELP["arch"], show_default=False)
-_ARCH_KWARGS = typer.Option(None, "--arch-kwargs", help=HELP["arch_kwargs"], show_default=False)
-_TRUST = typer.Option(False, "--trust", help=HELP["trust"])
-_DEVICE = typer.Option(None, "--device", help=HELP["device"] + " \\[default: auto]", show_default=False)
-_PRECISION = typer.Option(None, "--precision", help=HELP["precision"], show_default=False)
-_BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help=HELP["batch_size"],
-                           show_default=False)
-_LIMIT = typer.Option(None, "--limit", help="Use only the first N examples of each data set.", show_default=False)
-_MEAN = typer.Option(None, "--mean", help=HELP["mean"], show_default=False)
-_STD = typer.Option(None, "--std", help=HELP["std"], show_default=False)
-_SPLIT = typer.Option(None, "--split", help=HELP["split"] + " (of --data)", show_default=False)
-_LABEL_COLUMN = typer.Option(None, "--label-column", help=HELP["label_column"], show_default=False)
-_NO_CACHE = typer.Option(False, "--no-cache", help=HELP["no_cache"])
-_OUTPUT = typer.Option(None, "--output", help=HELP["output"], show_default=False)
-_LABELS = typer.Option(None, "--labels", help=HELP["labels"], show_default=False)
-_PREFIX = typer.Option(None, "--prefix", help=HELP["prefix"], show_default=False)
 
 
 def _shared_options(
@@ -95,17 +79,12 @@ def _shared_options(
     per_class: int = _PER_CLASS, mi_classes: str | None = _MI_CLASSES, mi_examples: int = _MI_EXAMPLES,
     mi_draws: int = _MI_DRAWS, mi_augment: str | None = _MI_AUGMENT, mi_shift: int | None = _MI_SHIFT,
     mi_no_flip: bool = _MI_NO_FLIP, hessian_examples: int = _H_EXAMPLES, hessian_top: int = _H_TOP,
-    layer: str | None = _LAYER, arch: str | None = _ARCH, arch_kwargs: str | None = _ARCH_KWARGS,
-    trust: bool = _TRUST, device: str | None = _DEVICE, precision: str | None = _PRECISION,
-    batch_size: int | None = _BATCH_SIZE, limit: int | None = _LIMIT, mean: str | None = _MEAN,
-    std: str | None = _STD, split: str | None = _SPLIT, label_column: str | None = _LABEL_COLUMN,
-    no_cache: bool = _NO_CACHE, output: str | None = _OUTPUT, labels: Path | None = _LABELS,
-    prefix: str | None = _PREFIX, log: LogOpt = None,
+    layer: str | None = _LAYER, log: LogOpt = None,
 ) -> None:
     """The options report and compare share (only the signature is used)."""
 
 
-@with_options(_shared_options)
+@with_options(_shared_options, *MODEL_OPTIONS)
 def report(checkpoints: list[Path] = typer.Argument(..., help="Checkpoint (.pt2, TorchScript, state_dict, "
                                                     "safetensors) or logits file; several with --ensemble.",
                                                     show_default=False),
@@ -136,7 +115,7 @@ def report(checkpoints: list[Path] = typer.Argument(..., help="Checkpoint (.pt2,
         _run("report", [one_model(checkpoints, ensemble=ensemble)[1]], options)
 
 
-@with_options(_shared_options)
+@with_options(_shared_options, *MODEL_OPTIONS)
 def compare(checkpoints: list[Path] = typer.Argument(..., help="Two or more checkpoints (or logits files), one "
                                                      "column each, e.g. hard targets, label smoothing and SAM.",
                                                      show_default=False),
@@ -243,11 +222,8 @@ def _run(command: str, checkpoints: list[Path], o: dict[str, Any]) -> None:
     defaults = project_defaults()
     settings = _settings(o, defaults)
     out = _check_paths(command, o)
-    session = session_from_options(data=o["data"], split=o["split"], label_column=o["label_column"],
-                                   limit=o["limit"], arch=o["arch"], arch_kwargs=o["arch_kwargs"], trust=o["trust"],
-                                   device=o["device"], precision=o["precision"], batch_size=o["batch_size"],
-                                   mean=o["mean"], std=o["std"], no_cache=o["no_cache"], defaults=defaults,
-                                   layer=o["layer"], output=o["output"], labels=o["labels"], prefix=o["prefix"])
+    model = {name: o[name] for name in option_names(*MODEL_OPTIONS)}
+    session = session_from_options(data=o["data"], defaults=defaults, layer=o["layer"], **model)
     verbose = sys.stderr.isatty()
 
     def progress(key: str) -> None:

@@ -61,6 +61,8 @@ def corp_figure(corp: CorpReliability, *, title: str | None = None,
     from matplotlib.figure import Figure
     from matplotlib.ticker import MultipleLocator
 
+    from calibscope.render.figures import finish_reliability_axes
+
     fig = Figure(figsize=figsize, layout="constrained")
     ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.35", linewidth=1.0, label="Perfect calibration", zorder=2)
@@ -71,19 +73,12 @@ def corp_figure(corp: CorpReliability, *, title: str | None = None,
     ax.plot(corp.x, corp.recalibrated, color=_CURVE_COLOR, linewidth=1.6, marker="o", markersize=2.0,
             label=CURVE_LABEL, zorder=3)
     b, g = corp.brier, corp.log
-    ax.text(0.96, 0.04, f"Brier {b.score:.4f} = MCB {b.miscalibration:.4f}\n − DSC {b.discrimination:.4f}"
-                        f" + UNC {b.uncertainty:.4f}\nlog {g.score:.4f} = MCB {g.miscalibration:.4f}\n"
-                        f" − DSC {g.discrimination:.4f} + UNC {g.uncertainty:.4f}\n$n$ = {corp.n:,}",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", family="monospace",
-            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9}, zorder=5)
-    ax.legend(loc="upper left", fontsize="x-small", frameon=True, framealpha=0.9)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("Recalibrated probability of correct")
-    ax.yaxis.set_major_locator(MultipleLocator(0.2))
-    ax.grid(True, linewidth=0.5, alpha=0.35)
-    ax.set_axisbelow(True)
-    ax.set_title(title if title is not None else "CORP reliability diagram", fontsize="medium")
+    finish_reliability_axes(ax, f"Brier {b.score:.4f} = MCB {b.miscalibration:.4f}\n − DSC {b.discrimination:.4f}"
+                                f" + UNC {b.uncertainty:.4f}\nlog {g.score:.4f} = MCB {g.miscalibration:.4f}\n"
+                                f" − DSC {g.discrimination:.4f} + UNC {g.uncertainty:.4f}\n$n$ = {corp.n:,}",
+                            ylabel="Recalibrated probability of correct", box_fontsize="x-small",
+                            box_family="monospace",
+                            title=title if title is not None else "CORP reliability diagram")
     ax_hist.hist(corp.x, bins=_HIST_BINS, range=(0.0, 1.0), weights=corp.count, color=_HIST_COLOR,
                  edgecolor="black", linewidth=0.5)
     ax_hist.set_yscale("log")

@@ -33,6 +33,25 @@ CONFIDENCE_LABEL = "Mean confidence"
 INTERVAL_LABEL = "95 % Wilson interval"
 
 
+def finish_reliability_axes(ax, box: str, *, ylabel: str, title: str, box_fontsize: str = "small",
+                            box_family: str | None = None) -> None:
+    """The upper panel of a reliability diagram (binned or CORP): the numbers in a box at the lower right, the
+    legend at the upper left, [0, 1]² with ticks every 0.2, a light grid and the title."""
+    from matplotlib.ticker import MultipleLocator
+
+    ax.text(0.96, 0.04, box, transform=ax.transAxes, ha="right", va="bottom", fontsize=box_fontsize,
+            family=box_family,
+            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9}, zorder=5)
+    ax.legend(loc="upper left", fontsize="x-small", frameon=True, framealpha=0.9)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_locator(MultipleLocator(0.2))
+    ax.grid(True, linewidth=0.5, alpha=0.35)
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize="medium")
+
+
 def reliability_diagram(
     report: CalibrationReport,
     *,
@@ -81,17 +100,9 @@ def reliability_diagram(
     ax.errorbar([centers[m] for m in full], acc, yerr=[[max(a - v, 0.0) for a, v in zip(acc, lo, strict=True)],
                                                        [max(v - a, 0.0) for a, v in zip(acc, hi, strict=True)]],
                 fmt="none", ecolor="black", elinewidth=0.9, capsize=2, label=INTERVAL_LABEL, zorder=4)
-    ax.text(0.96, 0.04, f"ECE = {report.ece:.4f}\nMCE = {report.mce:.4f}\n$n$ = {report.n:,}",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
-            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9}, zorder=5)
-    ax.legend(loc="upper left", fontsize="x-small", frameon=True, framealpha=0.9)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("Accuracy")
-    ax.yaxis.set_major_locator(MultipleLocator(0.2))
-    ax.grid(True, linewidth=0.5, alpha=0.35)
-    ax.set_axisbelow(True)
-    ax.set_title(title if title is not None else f"Reliability diagram ({report.n_bins} bins)", fontsize="medium")
+    finish_reliability_axes(ax, f"ECE = {report.ece:.4f}\nMCE = {report.mce:.4f}\n$n$ = {report.n:,}",
+                            ylabel="Accuracy",
+                            title=title if title is not None else f"Reliability diagram ({report.n_bins} bins)")
 
     # --- confidence histogram ---------------------------------------------------------------------------
     counts = list(bins.count)
