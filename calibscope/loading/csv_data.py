@@ -1,4 +1,5 @@
-"""CSV/TSV datasets: a header row, one label column, every other column a float32 feature."""
+"""CSV/TSV datasets: a header row, one label column, every other column a float32 feature; a first column that
+is a row index (pandas' `to_csv` writes one) is dropped with a warning, as for logits CSVs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from calibscope.errors import InputError
 from calibscope.loading._loaded import Loaded, listing
 from calibscope.loading.files import display
+from calibscope.loading.logits_csv import INDEX_HEADERS, index_column_note
 
 CSV_LABEL_COLUMNS = ("label", "labels", "y", "target", "class")
 
@@ -72,6 +74,13 @@ def read_csv(p: Path, *, label_column: str | None, limit: int | None) -> Loaded:
                     raise InputError(f"{display(p)} row {r + 1} (line {lines[r]}), column "
                                      f"{header[x_cols[k]]!r}: {cell!r} is not a number") from None
         raise InputError(f"{display(p)}: the features are not numbers ({exc})") from None
+    if len(x_cols) > 1 and header[x_cols[0]].lower() in INDEX_HEADERS:  # pandas' to_csv writes the index first
+        note = index_column_note(p, header[x_cols[0]], np.array([row[0] for row in rows], dtype=np.float64))
+        if note:
+            import warnings
+
+            warnings.warn(note, UserWarning, stacklevel=2)
+            features, x_cols = np.ascontiguousarray(features[:, 1:]), x_cols[1:]
     labels, class_names = _csv_labels(ys, lines, header[y_col], p)
     labels = labels[: len(rows)]
     return Loaded(features, labels, "csv", [p], class_names=class_names, n_source=n_source,

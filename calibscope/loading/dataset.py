@@ -16,7 +16,8 @@ Formats, told apart by content (:func:`calibscope.loading.files.sniff`), not by 
   unpickler of :mod:`calibscope.loading.safe_pickle`. Class names come from ``batches.meta`` / ``meta``.
 * **MNIST IDX** (also Fashion-MNIST), plain or ``.gz``: the images file (its labels file is found beside
   it), or a folder holding the ``train-*`` / ``t10k-*`` files.
-* **CSV**: a header row, one label column, every other column a float32 feature.
+* **CSV**: a header row, one label column, every other column a float32 feature (a first column that is
+  pandas' row index, as `DataFrame.to_csv` writes it, is dropped with a warning).
 
 Conventions of the result: images are NCHW and ``uint8`` images stay ``uint8`` (0–255); the division by 255
 and the ``--mean/--std`` normalisation happen later, on the device, so the host→device copy is 4× smaller.

@@ -25,11 +25,12 @@ import numpy as np
 from calibscope.errors import InputError
 from calibscope.loading.files import display
 
-__all__ = ["LABEL_COLUMNS", "CsvLogits", "read_logits_csv"]
+__all__ = ["INDEX_HEADERS", "LABEL_COLUMNS", "CsvLogits", "index_column_note", "read_logits_csv"]
 
 LABEL_COLUMNS = ("label", "labels", "y", "target")
 _UNNAMED_INDEX = ("", "unnamed: 0")
 _NAMED_INDEX = ("index", "id")
+INDEX_HEADERS = _UNNAMED_INDEX + _NAMED_INDEX  # first-column headers that may name a row index
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,9 @@ def read_logits_csv(p: Path) -> CsvLogits:
         raise InputError(f"{display(p)} has a header but no data rows")
     notes: list[str] = []
     columns = [i for i in range(len(header)) if i != label]
-    if columns and header[columns[0]].lower() in _UNNAMED_INDEX + _NAMED_INDEX:
+    if columns and header[columns[0]].lower() in INDEX_HEADERS:
         first = columns[0]
-        dropped = _index_column(p, header[first], values[:, first])
+        dropped = index_column_note(p, header[first], values[:, first])
         if dropped:
             notes.append(dropped)
             columns = columns[1:]
@@ -87,7 +88,7 @@ def read_logits_csv(p: Path) -> CsvLogits:
     return CsvLogits(np.ascontiguousarray(values[:, columns]), labels, class_names, tuple(notes))
 
 
-def _index_column(p: Path, name: str, column: Any) -> str | None:
+def index_column_note(p: Path, name: str, column: Any) -> str | None:
     """A note when the first column is an index (then dropped), None when it is an ordinary class column."""
     n = column.shape[0]
     whole = bool(np.all(np.isfinite(column)) and np.all(column == np.round(column)))

@@ -531,3 +531,21 @@ def test_csv_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 2)))
     with pytest.raises(InputError, match="--label-column applies to CSV"):
         load_dataset(tmp_path / "d.npz", label_column="y")
+
+
+def test_csv_written_by_pandas_with_its_index_drops_the_index(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    frame = pd.DataFrame(x, columns=list("abcd")).assign(label=y)
+    frame.to_csv(tmp_path / "indexed.csv")  # pandas writes the row index first, under an empty header
+    with pytest.warns(UserWarning, match="row index such as pandas' to_csv"):
+        ds = load_dataset(tmp_path / "indexed.csv")
+    np.testing.assert_array_equal(ds.inputs.numpy(), x)  # the 4 features, not the index as a 5th
+    np.testing.assert_array_equal(ds.labels.numpy(), y)
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    np.testing.assert_array_equal(load_dataset(tmp_path / "plain.csv").inputs.numpy(), x)
+    frame.set_axis([f"r{i}" for i in range(30)]).rename(index=lambda r: float(r[1:]) + 0.5).to_csv(tmp_path / "odd.csv")
+    with pytest.raises(InputError, match="first column has no name and holds non-integers"):
+        load_dataset(tmp_path / "odd.csv")  # an unnamed column of non-integers is neither an index nor a feature name
