@@ -4,6 +4,8 @@ Same fp32 logits and labels on the same device for all of them:
 
 * floor        — ``logits.max(dim=1)`` + ``bincount`` of the labels: reading the logits once (and the labels),
   which any ECE must do;
+* floor (numpy argmax) — on CPU also ``numpy.argmax(logits, 1)``, the leanest single read (no max values),
+  ≈ 2× faster than torch's ``max(dim=1)``;
 * calibscope   — ``expected_calibration_error(logits, labels)`` (15 right-closed bins, softmax in float64);
 * torchmetrics — ``multiclass_calibration_error(logits, labels, num_classes=K, n_bins=15)`` (float32);
 * netcal       — ``netcal.metrics.ECE(bins=15).measure(probs, labels)`` on NumPy; the timing includes the
@@ -58,6 +60,10 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
     t_floor, _ = timed(lambda: (logits.max(dim=1), torch.bincount(labels, minlength=15)), device, repeats)
     t_ours, ours = timed(lambda: expected_calibration_error(logits, labels), device, repeats)
     print(f"floor (max(dim=1) + bincount)    {1e3 * t_floor:9.2f} ms")
+    t_np = None
+    if device.type == "cpu":  # the leanest read there is on a CPU: numpy's argmax, without the max values
+        t_np, _ = timed(lambda: logits.numpy().argmax(1), device, repeats)
+        print(f"floor (numpy argmax)             {1e3 * t_np:9.2f} ms")
     print(f"calibscope                       {1e3 * t_ours:9.2f} ms   ECE {ours:.10f}")
     t_fused = None
     if device.type == "cuda":
@@ -82,6 +88,8 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
               if t is not None]
     best = min(t for t in (t_ours, t_fused) if t is not None)
     ratios = [f"calibscope/floor {t_ours / t_floor:.2f}×"]
+    if t_np is not None:
+        ratios.append(f"calibscope/numpy-argmax {t_ours / t_np:.2f}×")
     if t_fused is not None:
         ratios.append(f"fused/floor {t_fused / t_floor:.2f}×")
     if t_tm is not None:

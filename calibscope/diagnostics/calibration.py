@@ -41,6 +41,7 @@ from typing import Any, Literal
 import torch
 
 from calibscope.bounds import MAX_BINS, MAX_BOOTSTRAP, check_seed, check_upper
+from calibscope.diagnostics._top_label import confidence_and_prediction
 from calibscope.errors import InputError
 
 __all__ = [
@@ -615,92 +616,17 @@ def expected_calibration_error(
     return _confidence_bins(confidence, prediction == labels.to(torch.int64), n_bins).calibration_error(norm)
 
 
-# ---- the lean top-label path: one read of the logits -------------------------------------------------
-# CPU: blocks of 2**16 elements (512 KiB in float64) stay in the 2–4 MiB L2, so the logits are read from memory
-# once and every later pass (max, shift, exp, sum) runs on cached data; the float64 block is allocated once.
-# Measured (benchmarks/ece.py, 500k × 100, 1 thread): 1.7× the `max(1)` floor, against 2.8–3.8× with 2**20
-# element blocks that spill the cache. CUDA: large blocks, one mixed-dtype kernel per step.
-
-_ROW_CHUNK_ELEMENTS = {"cuda": 1 << 25, "cpu": 1 << 16}
-_CPU_THREADED_BLOCK_ELEMENTS = 1 << 20
-_COMPILED: dict[str, Any] = {}
-
-
-def _top_label_kernel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row max, first argmax, and S0 = Σ_k exp(z_k − max) in float64 (z − max is exact in float64)."""
-    zmax, prediction = z.max(dim=1)
-    shifted = z - zmax.to(_F64)[:, None]  # one kernel reads fp32 and writes float64
-    s0 = shifted.exp_().sum(1)
-    return zmax, prediction, s0
-
-
-def _compiled_kernel():
-    """The fused (torch.compile) kernel, opt-in with ``CALIBSCOPE_COMPILE=1`` on CUDA; None when unavailable."""
-    import os
-
-    if os.environ.get("CALIBSCOPE_COMPILE", "0") != "1" or _COMPILED.get("failed"):
-        return None
-    if "kernel" not in _COMPILED:
-        _COMPILED["kernel"] = torch.compile(_top_label_kernel, dynamic=True)
-    return _COMPILED["kernel"]
-
-
-def _top_label_blocks_cpu(logits: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CPU form of :func:`_top_label_kernel`, block by block in one reused float64 buffer.
-
-    The cast to float64 is exact, so the max, its first index and z − max are those of the float32 logits.
-    """
-    n, k = logits.shape
-    zmax = torch.empty(n, dtype=_F64)
-    prediction = torch.empty(n, dtype=torch.int64)
-    s0 = torch.empty(n, dtype=_F64)
-    buffer = torch.empty(min(rows, n), k, dtype=_F64)
-    for a in range(0, n, rows):
-        chunk = logits[a : a + rows]
-        block = buffer[: chunk.shape[0]]
-        block.copy_(chunk)
-        b = a + chunk.shape[0]
-        torch.max(block, 1, out=(zmax[a:b], prediction[a:b]))
-        block.sub_(zmax[a:b, None]).exp_()
-        torch.sum(block, 1, out=s0[a:b])
-    return zmax, prediction, s0
-
-
 def _confidence_and_prediction(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-label confidence (float64, = 1 / Σ_k exp(z_k − max_k z)) and prediction (first argmax).
+    """Top-label confidence (float64, = 1 / Σ_k exp(z_k − max_k z)) and prediction (first argmax), reading the
+    logits once (:mod:`calibscope.diagnostics._top_label`).
 
     Validates the values on the way: a NaN or +inf anywhere in a row, or a row of all -inf, makes that row's
     maximum non-finite, so one check on the ``[N]`` maxima replaces three passes over ``[N, K]``.
     """
-    n, k = logits.shape
-    elements = _ROW_CHUNK_ELEMENTS.get(logits.device.type, 1 << 25)
-    if logits.device.type == "cpu" and torch.get_num_threads() > 1:
-        # several threads meet at a barrier after every step: blocks that live in L3 rather than L2 keep the
-        # number of steps small (2**16-element blocks under a busy 2-core machine: 15× the floor, not 2×)
-        elements = _CPU_THREADED_BLOCK_ELEMENTS
-    rows = max(1, elements // max(k, 1))
-    if logits.device.type == "cpu":
-        zmax, prediction, s0 = _top_label_blocks_cpu(logits, rows)
-    else:
-        kernel = _compiled_kernel() if logits.device.type == "cuda" else None
-        maxima, predictions, sums = [], [], []
-        for a in range(0, n, rows):
-            chunk = logits[a : a + rows]
-            if kernel is not None:
-                try:
-                    out = kernel(chunk)
-                except Exception:  # noqa: BLE001 - any compiler failure: fall back to eager, once and for all
-                    _COMPILED["failed"] = True
-                    kernel, out = None, _top_label_kernel(chunk)
-            else:
-                out = _top_label_kernel(chunk)
-            maxima.append(out[0])
-            predictions.append(out[1])
-            sums.append(out[2])
-        zmax, prediction, s0 = torch.cat(maxima), torch.cat(predictions), torch.cat(sums)
+    zmax, prediction, confidence = confidence_and_prediction(logits)
     if not bool(torch.isfinite(zmax).all()):
         _validate_logits_labels_values(logits)  # raises the precise message
-    return s0.reciprocal_(), prediction
+    return confidence, prediction
 
 
 # --------------------------------------------------------------------------------------------------------

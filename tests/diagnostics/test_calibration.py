@@ -120,15 +120,15 @@ def test_matches_numpy_reference(seed, k, scale):
 def test_cache_sized_blocks_equal_numpy_with_ties(monkeypatch):
     """The CPU path works block by block in a reused float64 buffer: many short blocks (the last one short),
     rows with tied maxima (the first argmax wins, as in numpy) and -inf entries give the numpy values."""
-    from calibscope.diagnostics import calibration
+    from calibscope.diagnostics import _top_label
 
     logits, labels = random_case(5, 1001, 10, 4.0)
     z = logits.to(torch.float32)
     z[::7, 3] = z[::7].max(1).values  # ties: the first maximum decides the prediction
     z[::11, 5] = -math.inf
     labels[::7] = 3
-    monkeypatch.setattr(calibration, "_ROW_CHUNK_ELEMENTS", {"cpu": 13 * 10, "cuda": 1 << 25})
-    monkeypatch.setattr(calibration, "_CPU_THREADED_BLOCK_ELEMENTS", 13 * 10)
+    monkeypatch.setattr(_top_label, "_CPU_BLOCK_ELEMENTS", 13 * 10)
+    monkeypatch.setattr(_top_label, "_CPU_THREADED_BLOCK_ELEMENTS", 13 * 10)
     ref = numpy_reference(z.numpy(), labels.numpy())
     for norm in ("l1", "l2", "max"):
         assert expected_calibration_error(z, labels, norm=norm) == pytest.approx(ref[norm], abs=1e-12)
