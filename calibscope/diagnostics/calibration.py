@@ -240,17 +240,18 @@ class ConfidenceBins:
 
 
 def _confidence_bins(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int) -> ConfidenceBins:
-    """Unvalidated core of :func:`confidence_bins`: one ``bucketize`` + three ``index_add_``."""
+    """Unvalidated core of :func:`confidence_bins`: one ``bucketize``, a ``bincount`` and two ``index_add_``."""
     conf = confidences.to(_F64)
     hits = correct.to(_F64)
     edges = _bin_edges(n_bins, conf.device)
     # right=False: index m-1 for edges[m-1] < conf <= edges[m], i.e. right-closed; conf <= 1/M (and 0) -> 0,
     # conf > (M-1)/M (and 1.0) -> M-1.
-    index = torch.bucketize(conf, edges[1:-1], right=False)
+    index = torch.bucketize(conf, edges[1:-1], right=False, out_int32=True)
     zeros = torch.zeros(n_bins, dtype=_F64, device=conf.device)
-    # index_add_ rather than bincount(weights=...): it has a deterministic CUDA implementation.
+    # index_add_ rather than bincount(weights=...): it has a deterministic CUDA implementation; counts are
+    # integers, exact either way.
     return ConfidenceBins(
-        count=zeros.index_add(0, index, torch.ones_like(conf)),
+        count=torch.bincount(index, minlength=n_bins).to(_F64),
         sum_confidence=zeros.index_add(0, index, conf),
         sum_correct=zeros.index_add(0, index, hits),
     )
