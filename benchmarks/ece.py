@@ -7,6 +7,8 @@ Same fp32 logits and labels on the same device for all of them:
 * floor (numpy argmax) — on CPU also ``numpy.argmax(logits, 1)``, the leanest single read (no max values),
   ≈ 2× faster than torch's ``max(dim=1)``;
 * calibscope   — ``expected_calibration_error(logits, labels)`` (15 right-closed bins, softmax in float64);
+  and ``calibration_metrics`` — every metric ``calibscope ece`` prints (ℓ1/ℓ2/max, debiased ℓ2, AdaECE,
+  classwise, smooth ECE, NLL, Brier) in one pass, beside torchmetrics' ℓ1, ℓ2 and max as three calls;
 * torchmetrics — ``multiclass_calibration_error(logits, labels, num_classes=K, n_bins=15)`` (float32);
 * netcal       — ``netcal.metrics.ECE(bins=15).measure(probs, labels)`` on NumPy; the timing includes the
   softmax and the copy to NumPy that it needs (CPU only);
@@ -33,7 +35,7 @@ import time
 import torch
 from _shared import devices, torch_uncertainty_module
 
-from calibscope.diagnostics.calibration import expected_calibration_error
+from calibscope.diagnostics.calibration import calibration_metrics, expected_calibration_error
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
@@ -65,6 +67,9 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
         t_np, _ = timed(lambda: logits.numpy().argmax(1), device, repeats)
         print(f"floor (numpy argmax)             {1e3 * t_np:9.2f} ms")
     print(f"calibscope                       {1e3 * t_ours:9.2f} ms   ECE {ours:.10f}")
+    t_family, family = timed(lambda: calibration_metrics(logits, labels), device, max(1, repeats // 2))
+    print(f"calibscope, the whole family     {1e3 * t_family:9.2f} ms   ECE {family.value('ece'):.10f} "
+          f"(+ ℓ2, MCE, debiased ℓ2, AdaECE, SCE, smooth ECE, NLL, Brier: `calibscope ece`)")
     t_fused = None
     if device.type == "cuda":
         os.environ["CALIBSCOPE_COMPILE"] = "1"
@@ -83,6 +88,9 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
                                                                    norm="l1"), device, repeats)
         theirs = float(theirs)
         print(f"torchmetrics                     {1e3 * t_tm:9.2f} ms   ECE {theirs:.10f}")
+        t_tm3, _ = timed(lambda: [multiclass_calibration_error(logits, labels, num_classes=k, n_bins=15, norm=nm)
+                                  for nm in ("l1", "l2", "max")], device, max(1, repeats // 2))
+        print(f"torchmetrics ℓ1 + ℓ2 + max       {1e3 * t_tm3:9.2f} ms   (three of the family's ten)")
     others = [(name, t, value) for name, t, value in (netcal_row(logits, labels, repeats),
                                                        torch_uncertainty_row(logits, labels, device, repeats))
               if t is not None]
@@ -97,6 +105,9 @@ def run(device: torch.device, n: int, k: int, repeats: int) -> None:
         if t_fused is not None:
             ratios.append(f"torchmetrics/fused {t_tm / best:.2f}×")
         ratios.append(f"|ΔECE| {abs(ours - theirs):.1e} (torchmetrics: float32, left-closed bins)")
+    if t_tm is not None:
+        ratios.append(f"family/floor {t_family / t_floor:.2f}×, "
+                      f"torchmetrics ℓ1+ℓ2+max / family {t_tm3 / t_family:.2f}×")
     for name, t, value in others:
         ratios.append(f"{name}/calibscope {t / t_ours:.2f}× (|ΔECE| {abs(ours - value):.1e})")
     print("ratios: " + ", ".join(ratios))

@@ -392,27 +392,43 @@ class CalibrationStats:
         )
 
 
+def _nll(z: torch.Tensor, label: torch.Tensor, zmax: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """−log p_y = max − z_y + log S with S = Σ_k exp(z_k − max) = 1 / confidence (log-sum-exp in float64;
+    finite whenever z_y is). ``label`` ``[n, 1]``."""
+    return zmax - z.gather(1, label)[:, 0].to(_F64) - confidence.log()
+
+
+def _brier_in_place(p: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Σ_k (p_k − [k = y])² per row, overwriting ``p`` (float64 ``[n, K]``) — no [n, K] one-hot."""
+    p.scatter_add_(1, label, torch.full_like(label, -1.0, dtype=_F64))
+    return p.square_().sum(-1)
+
+
 def _calibration_stats(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> CalibrationStats:
-    """Unvalidated core of :func:`calibration_stats`: one softmax, one bucketize, sums."""
+    """Unvalidated core of :func:`calibration_stats`: the lean top-label pass, then one float64 softmax per
+    chunk of rows for NLL and Brier."""
     labels = labels.to(torch.int64)
-    log_p = torch.log_softmax(logits.to(_F64), dim=1)  # float64 all the way
-    p = log_p.exp()
-    confidence, prediction = p.max(dim=1)
-    correct = prediction == labels
-    bins = _confidence_bins(confidence, correct, n_bins)
-    sum_nll = -log_p.gather(1, labels[:, None]).sum()
-    # p - onehot(y), in place, then sum of squares
-    p.scatter_add_(1, labels[:, None], torch.full((labels.shape[0], 1), -1.0, dtype=_F64, device=p.device))
-    sum_brier = (p * p).sum()
+    k = int(logits.shape[1])
+    confidences, corrects, sum_nll, sum_brier = [], [], 0.0, 0.0
+    for a, b in _row_chunks(int(logits.shape[0]), k):
+        z, label = logits[a:b], labels[a:b, None]
+        zmax, prediction, confidence = confidence_and_prediction(z)
+        sum_nll = sum_nll + _nll(z, label, zmax, confidence).sum()
+        sum_brier = sum_brier + _brier_in_place(torch.softmax(z, dim=1, dtype=_F64), label).sum()
+        confidences.append(confidence)
+        corrects.append(prediction == labels[a:b])
+    correct = torch.cat(corrects)
+    bins = _confidence_bins(torch.cat(confidences), correct, n_bins)
+    device = logits.device
     return CalibrationStats(
         count=bins.count,
         sum_confidence=bins.sum_confidence,
         sum_correct=bins.sum_correct,
-        n=torch.tensor(float(labels.shape[0]), dtype=_F64, device=p.device),
+        n=torch.tensor(float(labels.shape[0]), dtype=_F64, device=device),
         n_correct=correct.sum().to(_F64),
-        sum_nll=sum_nll,
-        sum_brier=sum_brier,
-        num_classes=int(logits.shape[1]),
+        sum_nll=torch.as_tensor(sum_nll, dtype=_F64, device=device),
+        sum_brier=torch.as_tensor(sum_brier, dtype=_F64, device=device),
+        num_classes=k,
     )
 
 
@@ -786,9 +802,7 @@ def _per_example(z: torch.Tensor, y: torch.Tensor, n_bins: int, grid: int, *,
     probability_sums = torch.zeros(p.shape[1] * n_bins, dtype=_F64, device=z.device).index_add_(
         0, cls.flatten(), p.flatten())
     label = y[:, None]
-    nll = zmax - z.gather(1, label)[:, 0].to(_F64) - confidence.log()
-    residual_p = p.clone() if keep_probabilities else p
-    residual_p.scatter_add_(1, label, torch.full_like(label, -1.0, dtype=_F64))  # p − one-hot
+    nll = _nll(z, label, zmax, confidence)
     x = confidence * grid
     j = x.floor().clamp_(0, grid - 1)
     frac = x - j
@@ -798,7 +812,7 @@ def _per_example(z: torch.Tensor, y: torch.Tensor, n_bins: int, grid: int, *,
         "correct": correct,
         "hit": hit,
         "nll": nll,
-        "brier": residual_p.square_().sum(-1),  # Σ_k (p_k − [k = y])²
+        "brier": _brier_in_place(p.clone() if keep_probabilities else p, label),
         "top": torch.bucketize(confidence, edges, right=False, out_int32=True),
         "cls": cls,
         "cls_y": cls.gather(1, label)[:, 0],
