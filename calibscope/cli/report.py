@@ -40,8 +40,9 @@ _OUT = typer.Option(None, "--out", "-o", help="The HTML file to write \\[default
 _JSON = typer.Option(False, "--json", help="Print the report as a versioned JSON document (calibscope/report) to "
                      "stdout: the summary and, per section, the document its own command prints.")
 _TITLE = typer.Option(None, "--title", help="Title of the page.", show_default=False)
-_FIGURES = typer.Option("auto", "--figures", help="Figures as inline svg, png (data URIs) or auto (whichever is "
-                        "smaller, per figure).")
+_FIGURES = typer.Option("auto", "--figures", help="Figures as inline svg, png (data URIs) or auto (png for "
+                        "figures dense with marks, svg otherwise; a large svg is also tried as png and the smaller "
+                        "kept).")
 _BINS = typer.Option(None, "--bins", help="Equal-width confidence bins of ECE \\[default: 15].", show_default=False)
 _BOOTSTRAP = typer.Option(REPORT_BOOTSTRAP, "--bootstrap", help="Bootstrap resamples for the confidence intervals "
                           "of the calibration metrics (≥ 200; 0 = no intervals).")

@@ -114,6 +114,32 @@ def test_png_data_uri_and_auto_takes_the_smaller():
         FigureEmbedder("gif")
 
 
+def test_auto_draws_dense_figures_as_png_only(monkeypatch):
+    """Dense figures (many scatter markers, long filled bands) go straight to PNG; others are drawn as SVG, and
+    a large SVG the rule did not foresee (markers of a line) still gets the PNG tried and the smaller kept."""
+    from matplotlib.figure import Figure
+
+    assert not FigureEmbedder.dense(_scatter_figure(FigureEmbedder.DENSE_MARKERS - 1))
+    assert FigureEmbedder.dense(_scatter_figure(FigureEmbedder.DENSE_MARKERS))
+    band, line = Figure(figsize=(3, 3)), Figure(figsize=(3, 3))
+    x = torch.linspace(0, 1, 600)
+    band.subplots().fill_between(x, x**2, x)  # 2 × 600 vertices + closing ones
+    line.subplots().plot(torch.linspace(0, 1, 5000), torch.rand(5000, generator=torch.Generator().manual_seed(0)))
+    assert FigureEmbedder.dense(band) and not FigureEmbedder.dense(line)
+
+    drawn = []
+    monkeypatch.setattr(FigureEmbedder, "_svg", lambda self, fig, prefix: drawn.append("svg") or "<svg " + "x" * 10)
+    monkeypatch.setattr(FigureEmbedder, "_png", lambda self, fig: drawn.append("png") or "data:image/png;base64,")
+    assert 'data-format="png"' in FigureEmbedder("auto").html(band, alt="band") and drawn == ["png"]
+    drawn.clear()
+    assert 'data-format="svg"' in FigureEmbedder("auto").html(line, alt="line") and drawn == ["svg"]
+    monkeypatch.undo()
+    markers = Figure(figsize=(3, 3))
+    markers.subplots().plot(*torch.randn(2, 6_000, generator=torch.Generator().manual_seed(1)), "o", ms=2)
+    assert not FigureEmbedder.dense(markers)  # Line2D markers: not foreseen, caught by the size check
+    assert 'data-format="png"' in FigureEmbedder("auto").html(markers, alt="markers")
+
+
 def test_page_is_self_contained_escaped_and_carries_exact_values():
     report = _report()
     html = render_html(report, figures="svg")
