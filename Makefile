@@ -21,10 +21,8 @@ $(STAMP): pyproject.toml
 
 MODELS := $(SAMPLES)/digits_hard.pt2 $(SAMPLES)/digits_ls.pt2 $(SAMPLES)/digits_sam.pt2
 
-# One intra-op thread: the sample models are tiny, so every torch op is small and with two threads each one
-# ends at a barrier that costs a scheduler quantum when the other core is busy (docs/performance.md: compare
-# 23.8 -> 17.4 s beside one busy process, > 80 -> 37.7 s at load 3; within noise when idle). ?= keeps yours.
-demo: export OMP_NUM_THREADS ?= 1
+# The sample models are tiny: calibscope itself then runs with one intra-op thread (calibscope/workflows/threads.py;
+# OMP_NUM_THREADS or CALIBSCOPE_THREADS, when you set them, win).
 demo: $(STAMP)
 	$(BIN)/calibscope ece $(MODELS) --data $(SAMPLES)/digits_test.npz --out demo-out
 	$(BIN)/calibscope compare $(MODELS) --data $(SAMPLES)/digits_test.npz --val $(SAMPLES)/digits_val.npz \

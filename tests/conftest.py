@@ -18,6 +18,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setitem(common.STATE, "debug", False)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A command run in-process may choose one intra-op thread (calibscope.workflows.threads): not for the
+    tests after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES

@@ -522,7 +522,7 @@ def session_from_options(*, data: Path | None, split: str | None = None, label_c
                    device=pick(device, defaults, "device", "auto"),
                    precision=pick(precision, defaults, "precision", "fp32"),
                    batch_size=pick(batch_size, defaults, "batch_size", None), mean=mean_t, std=std_t,
-                   use_cache=not no_cache, capture_features=capture_features, layer=layer)
+                   use_cache=not no_cache, capture_features=capture_features, layer=layer, auto_threads=True)
 
 
 ModelInputs = session_from_options  # the former name (other branches may still call it)

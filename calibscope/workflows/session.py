@@ -57,6 +57,8 @@ class Session:
             :class:`~calibscope.inference.engine.InferenceOptions`; ``mean``/``std`` None means "from the
             checkpoint's metadata" (:meth:`options_for`).
         use_cache: read and write the output cache (``$CALIBSCOPE_CACHE_DIR`` or ``.calibscope/cache``).
+        auto_threads: one intra-op thread while every model is tiny work (:mod:`calibscope.workflows.threads`;
+            the command line's choice — it changes torch's process-wide setting).
     """
 
     def __init__(self, data: Path | str | None = None, *, split: str | None = None,
@@ -67,7 +69,7 @@ class Session:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  use_cache: bool = True, capture_features: bool = False, layer: str | None = None,
                  output: str | int | None = None, labels: Path | str | None = None,
-                 dropout_pass: int | None = None, dropout_seed: int = 0,
+                 dropout_pass: int | None = None, dropout_seed: int = 0, auto_threads: bool = False,
                  _shared: dict[str, dict] | None = None):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
             raise ArgumentError("limit", f"`limit` must be an integer larger than 0, got {limit!r}")
@@ -84,6 +86,10 @@ class Session:
         self.output, self.labels = parse_output_spec(output), None if labels is None else Path(labels)
         # loaded checkpoints and computed outputs, shared by every session derived from this one
         self._shared = _shared if _shared is not None else {"checkpoints": {}, "outputs": {}, "datasets": {}}
+        if auto_threads and "threads" not in self._shared:
+            from calibscope.workflows.threads import ThreadPolicy
+
+            self._shared["threads"] = ThreadPolicy()
 
     # ------------------------------------------------------------------------------------------ derived
 
@@ -202,6 +208,7 @@ class Session:
         checkpoint = self.checkpoint(path, keep=keep)
         if isinstance(checkpoint, LogitsCheckpoint):
             raise InputError(f"'{path}' holds precomputed logits, not a model: {why}")
+        self._consider_threads(path, checkpoint)
         return checkpoint
 
     # ------------------------------------------------------------------------------------------ outputs
@@ -223,9 +230,27 @@ class Session:
             return memo[key]
         hit = self._from_cache(checkpoint_path)
         if hit is not None:
+            self._consider_threads(checkpoint_path, None)
             return hit
         checkpoint = self.checkpoint(checkpoint_path)
+        self._consider_threads(checkpoint_path, checkpoint)
         return self.run(checkpoint), checkpoint
+
+    def _consider_threads(self, path: Path | str, checkpoint: Any) -> None:
+        """Tell the thread policy (``auto_threads``) how much work this model is, before it runs."""
+        policy = self._shared.get("threads")
+        if policy is None:
+            return
+        from calibscope.loading.types import LogitsCheckpoint
+        from calibscope.workflows import threads
+
+        if isinstance(checkpoint, LogitsCheckpoint):
+            policy.consider(checkpoint.logits.numel() <= threads.SMALL_LOGITS)
+            return
+        dataset = self.dataset
+        rows = 0 if dataset is None else len(dataset)
+        policy.consider(threads.is_tiny(threads.checkpoint_parameters(path), threads.example_elements(dataset),
+                                        rows))
 
     def model_key(self, path: Path | str) -> dict[str, Any]:
         """What identifies the model at ``path`` in the output cache: the file's digest (memoised by path, size
