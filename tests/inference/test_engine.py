@@ -232,9 +232,11 @@ def test_automatic_batch_size_from_example_size_and_free_memory(model, images):
     cpu, big = torch.device("cpu"), 1 << 40
     assert automatic_batch_size(images, cpu, free_bytes=big) == 1024  # 8×8 digits: small examples
     imagenet = torch.empty(10_000, 3, 224, 224, dtype=torch.uint8)
-    assert automatic_batch_size(imagenet, cpu, free_bytes=big) == 64  # 64 MiB of float32 input per batch
-    assert automatic_batch_size(imagenet[:100], cpu, free_bytes=big) == 8  # ≥ 8 batches: the bar moves
+    assert automatic_batch_size(imagenet, cpu, free_bytes=big) == 8  # 8 MiB of float32 input per batch
+    assert automatic_batch_size(imagenet[:40], cpu, free_bytes=big) == 4  # ≥ 8 batches: the bar moves
     assert automatic_batch_size(imagenet, cpu, free_bytes=64 << 20) == 2  # little free memory: smaller
+    cifar = torch.empty(10_000, 3, 32, 32, dtype=torch.uint8)
+    assert automatic_batch_size(cifar, cpu, free_bytes=big) == 512
     assert automatic_batch_size(imagenet, torch.device("cuda"), free_bytes=80 << 30) == 1024
     out = run_inference(model, images, options=InferenceOptions(batch_size=None, mean=(0.3,), std=(0.4,)),
                         progress=False)
