@@ -41,7 +41,7 @@ HELP = {
     "device": "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps.",
     "precision": "fp32 (default; calibration numbers must not move with hardware), bf16 or fp16 (autocast).",
     "batch_size": "Examples per batch (halved automatically on CUDA out-of-memory); by default chosen from the "
-                  "size of one example and the free memory (1024 for small inputs, 64 for 224² images on CPU).",
+                  "size of one example and the free memory (1024 for small inputs, 8 for 224² images on CPU).",
     "limit": "Use only the first N examples of the dataset.",
     "mean": "Per-channel mean after uint8 → [0, 1], e.g. 0.485,0.456,0.406 (default: from the checkpoint).",
     "std": "Per-channel std, e.g. 0.229,0.224,0.225 (default: from the checkpoint).",
