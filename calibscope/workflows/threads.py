@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from calibscope.errors import InputError
+
 SMALL_MODEL_WORK = 1 << 27  # parameters × elements per example
 SMALL_ROWS = 1 << 17
 SMALL_LOGITS = 1 << 22  # rows × classes of a logits file
@@ -63,7 +65,9 @@ class ThreadPolicy:
 
     def __init__(self) -> None:
         chosen = os.environ.get("CALIBSCOPE_THREADS", "").strip()
-        if chosen.isdigit() and int(chosen) > 0:
+        if chosen:
+            if not chosen.isdigit() or int(chosen) < 1:
+                raise InputError(f"CALIBSCOPE_THREADS must be a whole number of threads ≥ 1, but got {chosen!r}")
             torch.set_num_threads(int(chosen))
         self.default = torch.get_num_threads()
         self.pinned = any(os.environ.get(name) for name in _PINNED_BY) or self.default == 1

@@ -59,3 +59,19 @@ def test_user_choice_and_library_sessions_are_left_alone(two_threads, monkeypatc
     monkeypatch.setenv("CALIBSCOPE_THREADS", "3")
     Session(SAMPLES / "digits_test.npz", auto_threads=True, use_cache=False).outputs(SAMPLES / "digits_hard.pt2")
     assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_a_bad_thread_count_is_one_line_and_exit_2(two_threads, monkeypatch, tmp_path, value):
+    from typer.testing import CliRunner
+
+    from calibscope.cli import app
+
+    monkeypatch.setenv("CALIBSCOPE_THREADS", value)
+    out = tmp_path / "ece-out"
+    result = CliRunner().invoke(app, ["ece", str(SAMPLES / "digits_hard.pt2"), "--data",
+                                      str(SAMPLES / "digits_test.npz"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "CALIBSCOPE_THREADS must be a whole number" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    assert torch.get_num_threads() == 2
