@@ -790,7 +790,8 @@ def _per_example(z: torch.Tensor, y: torch.Tensor, n_bins: int, grid: int, *,
     ``top`` ``[n]``: the top-label bin (right-closed, as :func:`confidence_bins`); ``cls`` ``[n, K]``: the bin
     of p_ik plus k·M; ``cls_y`` ``[n]``: the entry of ``cls`` at the label; ``splat_j`` / ``splat_lo`` /
     ``splat_hi``: the residual conf − correct split linearly between the grid points j/G and (j+1)/G;
-    ``p`` ``[n, K]`` only with ``keep_probabilities`` (the bootstrap weighs them per replicate).
+    ``p`` ``[n, K]`` with ``keep_probabilities`` (the bootstrap weighs them per replicate), else
+    ``classwise_sum_probability`` ``[K·M]``, p summed in its bins (p itself is overwritten by the Brier score).
     """
     zmax, prediction, confidence = confidence_and_prediction(z)
     p = torch.softmax(z, dim=-1, dtype=_F64)
@@ -799,8 +800,11 @@ def _per_example(z: torch.Tensor, y: torch.Tensor, n_bins: int, grid: int, *,
     edges = _bin_edges(n_bins, z.device)[1:-1]
     offsets = n_bins * torch.arange(p.shape[1], dtype=torch.int32, device=z.device)
     cls = torch.bucketize(p, edges, right=False, out_int32=True).add_(offsets)  # int32: half the traffic
-    probability_sums = torch.zeros(p.shape[1] * n_bins, dtype=_F64, device=z.device).index_add_(
-        0, cls.flatten(), p.flatten())
+    if keep_probabilities:  # the bootstrap weighs p per replicate; else p's bin sums, before p is overwritten
+        kept = {"p": p}
+    else:
+        kept = {"classwise_sum_probability": torch.zeros(p.shape[1] * n_bins, dtype=_F64, device=z.device)
+                .index_add_(0, cls.flatten(), p.flatten())}
     label = y[:, None]
     nll = _nll(z, label, zmax, confidence)
     x = confidence * grid
@@ -816,11 +820,10 @@ def _per_example(z: torch.Tensor, y: torch.Tensor, n_bins: int, grid: int, *,
         "top": torch.bucketize(confidence, edges, right=False, out_int32=True),
         "cls": cls,
         "cls_y": cls.gather(1, label)[:, 0],
-        "classwise_sum_probability": probability_sums,
         "splat_j": j.to(torch.int64),
         "splat_lo": (1 - frac) * residual,
         "splat_hi": frac * residual,
-        **({"p": p} if keep_probabilities else {}),
+        **kept,
     }
 
 
